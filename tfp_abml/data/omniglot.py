@@ -1,0 +1,186 @@
+"""Omniglot reader: Lake's official archives (or TFDS) -> one array of character images.
+
+Lake et al. (2015), "Human-level concept learning through probabilistic program
+induction". The official archives ``images_background.zip`` (30 alphabets, 964
+characters) and ``images_evaluation.zip`` (20 alphabets, 659 characters) hold
+``images_<set>/<Alphabet>/characterNN/<id>_<drawer>.png``: 105x105 1-bit PNGs,
+20 drawers per character, black ink (0) on white (1).
+
+Where the data comes from, first match wins:
+
+1. ``data_dir`` (the ``--data-dir`` flag), else the ``TFP_ABML_DATA_DIR``
+   environment variable: the two zips, or their extracted folders, in
+   ``<data_dir>/omniglot/`` or directly in ``<data_dir>/``.
+2. Neither given: TFDS's ``omniglot`` builder, which downloads the same archives.
+
+Images are decoded once per process and per size, resized with area averaging
+(anti-aliased) and kept as uint8, background 255, ink 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import re
+import zipfile
+
+import numpy as np
+
+from tfp_abml.errors import UserInputError
+
+DATA_DIR_ENV = "TFP_ABML_DATA_DIR"
+ARCHIVES = ("images_background", "images_evaluation")
+DRAWERS = 20
+_PNG_PATH = re.compile(r"^(?:.*/)?(images_background|images_evaluation)/([^/]+)/(character\d+)/([^/]+\.png)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class OmniglotCharacters:
+    """All characters of Omniglot at one image size.
+
+    Attributes:
+      names: ``"Alphabet/characterNN"`` per character, sorted.
+      images: uint8 ``[characters, 20, size, size]``, background 255, ink 0;
+        drawers in file-name order.
+      background: bool ``[characters]``, True for Lake's background set.
+    """
+
+    names: tuple
+    images: np.ndarray
+    background: np.ndarray
+
+    def index(self):
+        return {name: i for i, name in enumerate(self.names)}
+
+
+def resolve_data_dir(data_dir=None):
+    """The data directory from the argument or ``TFP_ABML_DATA_DIR``; None if neither is set."""
+    value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    if value is None:
+        return None
+    path = pathlib.Path(value).expanduser()
+    if not path.is_dir():
+        raise UserInputError(
+            f"data directory {path} does not exist: pass --data-dir (or set {DATA_DIR_ENV}) "
+            "to the folder that holds omniglot/images_background.zip and omniglot/images_evaluation.zip")
+    return path
+
+
+def _find_sources(data_dir: pathlib.Path):
+    """Map each archive name to its zip file or extracted folder under ``data_dir``."""
+    sources = {}
+    for name in ARCHIVES:
+        for base in (data_dir / "omniglot", data_dir):
+            if (base / f"{name}.zip").is_file():
+                sources[name] = base / f"{name}.zip"
+                break
+            if (base / name).is_dir():
+                sources[name] = base / name
+                break
+    missing = [n for n in ARCHIVES if n not in sources]
+    if missing:
+        raise UserInputError(
+            f"Omniglot not found in {data_dir}: missing {', '.join(m + '.zip' for m in missing)}. "
+            f"Put Lake's images_background.zip and images_evaluation.zip "
+            f"(https://github.com/brendenlake/omniglot/tree/master/python) in {data_dir / 'omniglot'}/")
+    return sources
+
+
+def _read_pngs(source: pathlib.Path):
+    """Yield (archive, alphabet, character, filename, png bytes) from a zip or a folder."""
+    if source.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(source) as zf:
+                for info in zf.infolist():
+                    match = _PNG_PATH.match(info.filename)
+                    if match:
+                        yield (*match.groups(), zf.read(info))
+        except (zipfile.BadZipFile, OSError) as err:
+            raise UserInputError(f"cannot read {source}: {err}; download the archive again") from err
+        return
+    for path in sorted(source.glob("*/character*/*.png")):
+        match = _PNG_PATH.match(path.as_posix())
+        if match:
+            yield (*match.groups(), path.read_bytes())
+
+
+def _decode_resize(blobs, size):
+    """Decode PNG bytes and resize to ``size`` x ``size`` uint8, in parallel through tf.data."""
+    import tensorflow as tf
+
+    def decode(blob):
+        image = tf.image.convert_image_dtype(tf.io.decode_png(blob, channels=1), tf.float32)
+        image = tf.image.resize(image, (size, size), method="area")
+        return tf.cast(tf.round(image[..., 0] * 255.0), tf.uint8)
+
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(blobs, dtype=tf.string))
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(2048)
+    try:
+        return np.concatenate([batch.numpy() for batch in dataset]) if blobs else np.zeros((0, size, size), np.uint8)
+    except tf.errors.InvalidArgumentError as err:
+        raise UserInputError(f"a PNG in the Omniglot archives cannot be decoded ({err.message.splitlines()[0]}); "
+                             "download the archives again") from err
+
+
+def _assemble(records, size):
+    """Group (archive, alphabet, character, filename, bytes) records into OmniglotCharacters."""
+    by_char = {}
+    for archive, alphabet, character, filename, blob in records:
+        by_char.setdefault((f"{alphabet}/{character}", archive), []).append((filename, blob))
+    if not by_char:
+        raise UserInputError("the Omniglot archives hold no character images; download them again")
+    names, background, blobs = [], [], []
+    for (name, archive), files in sorted(by_char.items()):
+        if len(files) != DRAWERS:
+            raise UserInputError(f"Omniglot character {archive}/{name} has {len(files)} images, expected {DRAWERS}; "
+                                 "the archive is incomplete, download it again")
+        names.append(name)
+        background.append(archive == "images_background")
+        blobs.extend(blob for _, blob in sorted(files))
+    images = _decode_resize(blobs, size).reshape(len(names), DRAWERS, size, size)
+    return OmniglotCharacters(tuple(names), images, np.asarray(background))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_local(data_dir: pathlib.Path, size: int):
+    sources = _find_sources(data_dir)
+    records = (r for name in ARCHIVES for r in _read_pngs(sources[name]))
+    return _assemble(records, size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tfds(size: int):
+    """Omniglot through TFDS (downloads Lake's archives on first use)."""
+    import tensorflow_datasets as tfds
+
+    records = []
+    for split, archive in (("train", "images_background"), ("test", "images_evaluation")):
+        dataset, info = tfds.load("omniglot", split=split, with_info=True)
+        alphabets = info.features["alphabet"].names
+        drawer_count = {}
+        for example in tfds.as_numpy(dataset):
+            # TFDS numbers characters within an alphabet from 0; Lake's folders from 01.
+            character = f"character{int(example['alphabet_char_id']) + 1:02d}"
+            key = (alphabets[int(example["alphabet"])], character)
+            drawer_count[key] = drawer_count.get(key, 0) + 1
+            png = _encode_png(example["image"])
+            records.append((archive, key[0], character, f"{drawer_count[key]:02d}.png", png))
+    return _assemble(records, size)
+
+
+def _encode_png(image):
+    import tensorflow as tf
+
+    return tf.io.encode_png(image[..., :1]).numpy()
+
+
+def load_omniglot(data_dir=None, image_size=28) -> OmniglotCharacters:
+    """Every Omniglot character at ``image_size``, from ``data_dir``/env, else TFDS. Cached per process."""
+    if image_size < 8:
+        raise UserInputError(f"image size {image_size} is too small: use at least 8 (28 is the standard)")
+    path = resolve_data_dir(data_dir)
+    if path is None:
+        return _load_tfds(int(image_size))
+    return _load_local(path.resolve(), int(image_size))
