@@ -1,0 +1,31 @@
+"""Shared fixtures: real Omniglot from ../shared/data (or $TFP_ABML_DATA_DIR), seeded TensorFlow."""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def omniglot_data_dir():
+    """The data directory the tests read: $TFP_ABML_DATA_DIR, else ../shared/data beside the repo."""
+    configured = os.environ.get("TFP_ABML_DATA_DIR")
+    path = pathlib.Path(configured) if configured else REPO.parent / "shared" / "data"
+    if not (path / "omniglot" / "images_background.zip").is_file():
+        pytest.fail(f"Omniglot archives not found under {path}: set TFP_ABML_DATA_DIR to the shared data folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    return omniglot_data_dir()
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    import keras
+
+    keras.utils.set_random_seed(1234)

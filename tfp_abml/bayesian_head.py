@@ -1,0 +1,54 @@
+"""The Bayesian MLP whose weight posterior the LSTM generates: a stack of functional Flipout layers.
+
+For embeddings ``z`` of dimension D and layer widths ``(h_1, ..., h_{L-1}, N)``::
+
+    a_0 = z,   a_l = relu(flipout_dense(a_{l-1}, q_l)),   logits = flipout_dense(a_{L-1}, q_L)
+
+The head owns no variables: ``q_l`` (one :class:`DenseParams` per layer) is an
+argument, produced per task by :mod:`tfp_abml.posterior` and adapted by
+:mod:`tfp_abml.inner_loop`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfp_abml.flipout import DenseParams, flipout_dense, kl_to_standard_normal
+
+
+class BayesianMLP:
+    """Shapes and forward pass of a Bayesian MLP from ``input_dim`` through ``hidden_units`` to ``outputs``."""
+
+    def __init__(self, input_dim, hidden_units, outputs):
+        widths = [int(input_dim), *[int(u) for u in hidden_units], int(outputs)]
+        self.layer_shapes = list(zip(widths[:-1], widths[1:]))
+
+    @property
+    def num_layers(self):
+        return len(self.layer_shapes)
+
+    @property
+    def num_weights(self):
+        return sum(i * o + o for i, o in self.layer_shapes)
+
+    def __call__(self, inputs, params, seed=None, mean_only=False):
+        """Logits ``[T, M, outputs]`` for inputs ``[T, M, input_dim]`` under posteriors ``params``."""
+        hidden = inputs
+        for depth, layer in enumerate(params):
+            hidden = flipout_dense(hidden, layer, seed=seed, mean_only=mean_only)
+            if depth < len(params) - 1:
+                hidden = tf.nn.relu(hidden)
+        return hidden
+
+    @staticmethod
+    def kl(params):
+        """``KL(q || N(0, I))`` over all layers, per task ``[T]``."""
+        return tf.add_n([kl_to_standard_normal(layer) for layer in params])
+
+    @staticmethod
+    def flatten(params):
+        return [t for layer in params for t in layer.tensors()]
+
+    @staticmethod
+    def unflatten(tensors):
+        return [DenseParams.from_tensors(tensors[i:i + 4]) for i in range(0, len(tensors), 4)]

@@ -1,0 +1,49 @@
+"""tf.data pipeline: episodes -> meta-batches of ``(inputs, query_labels)`` for ``keras.Model.fit``.
+
+Each element is ``({"support_images", "support_labels", "query_images"}, query_labels)``
+with a leading meta-batch axis: images float32 ``[B, N*K, H, W, 1]`` in [0, 1]
+(background 1, ink 0, as decoded), labels int32. Sampling runs in parallel
+numpy calls keyed by episode index, so the order is deterministic.
+"""
+
+from __future__ import annotations
+
+from tfp_abml.data.sampling import EpisodeSampler
+from tfp_abml.data.splits import omniglot_split
+from tfp_abml.errors import UserInputError
+
+DATASETS = ("omniglot",)
+
+
+def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=None):
+    """Meta-batches of the sampler's episodes ``start, start + 1, ...`` (``episodes`` of them, or forever)."""
+    import tensorflow as tf
+
+    if meta_batch < 1:
+        raise UserInputError(f"--meta-batch must be >= 1, got {meta_batch}")
+    n, k, q = sampler.ways, sampler.shots, sampler.queries
+    h, w = sampler.images.shape[2:4]
+    stop = tf.int64.max if episodes is None else start + episodes
+
+    def sample(index):
+        s_img, s_lab, q_img, q_lab = tf.numpy_function(
+            sampler.sample, [index], [tf.uint8, tf.int32, tf.uint8, tf.int32], stateful=False)
+        to_float = lambda images, count: tf.reshape(tf.cast(images, tf.float32) / 255.0, (count, h, w, 1))
+        inputs = {"support_images": to_float(s_img, n * k),
+                  "support_labels": tf.reshape(s_lab, (n * k,)),
+                  "query_images": to_float(q_img, n * q)}
+        return inputs, tf.reshape(q_lab, (n * q,))
+
+    dataset = tf.data.Dataset.range(start, stop)
+    dataset = dataset.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(meta_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def make_sampler(dataset="omniglot", split="train", ways=5, shots=1, queries=15, seed=0,
+                 data_dir=None, image_size=28, split_scheme="vinyals"):
+    """An EpisodeSampler over one split of a dataset."""
+    if dataset not in DATASETS:
+        raise UserInputError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+    classes = omniglot_split(split, split_scheme, data_dir, image_size)
+    return EpisodeSampler(classes.images, ways, shots, queries, seed,
+                          split_name=f"the {dataset} {split_scheme} {split} split")

@@ -1,0 +1,52 @@
+"""Episode sampling: N-way, K-shot, Q-query tasks from a split's class images.
+
+Episode ``i`` is a pure function of ``(seed, i)``: the same seed gives the same
+tasks in any order, in parallel, and after a resume that restarts at episode
+``i``. Within a task the N classes are drawn without replacement, and so are
+the K + Q examples of each class; labels 0..N-1 go to the classes in a random
+order, so a label carries no information across tasks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfp_abml.errors import UserInputError
+
+
+class EpisodeSampler:
+    """Draws tasks from uint8 ``images[classes, examples, H, W]``.
+
+    ``sample(i)`` returns ``(support_images, support_labels, query_images,
+    query_labels)``: images uint8 ``[N*K, H, W]`` and ``[N*Q, H, W]``, labels
+    int32. Support and query are ordered by label (label-major).
+    """
+
+    def __init__(self, images, ways, shots, queries, seed=0, split_name="this split"):
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise UserInputError(f"class images must be [classes, examples, H, W], got shape {images.shape}")
+        classes, examples = images.shape[:2]
+        for flag, value, least in (("--ways", ways, 2), ("--shots", shots, 1), ("--queries", queries, 1)):
+            if int(value) != value or value < least:
+                raise UserInputError(f"{flag} must be an integer >= {least}, got {value}")
+        if ways > classes:
+            raise UserInputError(f"--ways {ways} is larger than the {classes} classes of {split_name}: "
+                                 f"use --ways {classes} or fewer")
+        if shots + queries > examples:
+            raise UserInputError(f"--shots {shots} + --queries {queries} = {shots + queries} is more than the "
+                                 f"{examples} examples per class of {split_name}: lower --shots or --queries")
+        self.images, self.ways, self.shots, self.queries = images, int(ways), int(shots), int(queries)
+        self.seed = int(seed)
+
+    def sample(self, index):
+        rng = np.random.default_rng([self.seed, int(index)])
+        classes = rng.choice(self.images.shape[0], self.ways, replace=False)
+        # Row n of `picks` holds the examples of the class that gets label n.
+        picks = np.stack([rng.choice(self.images.shape[1], self.shots + self.queries, replace=False)
+                          for _ in classes])
+        episode = self.images[classes[:, None], picks]  # [N, K+Q, H, W]
+        labels = np.repeat(np.arange(self.ways, dtype=np.int32), self.shots + self.queries).reshape(self.ways, -1)
+        k = self.shots
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])
+        return (flat(episode[:, :k]), flat(labels[:, :k]), flat(episode[:, k:]), flat(labels[:, k:]))

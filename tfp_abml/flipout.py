@@ -1,0 +1,121 @@
+"""Functional Flipout dense layer: the weights come in as a distribution, not as layer variables.
+
+A mean-field Gaussian weight posterior ``W ~ N(M, S^2)`` (element-wise) is
+sampled once per task as ``W = M + S * E`` with ``E ~ N(0, I)``. Flipout
+(Wen et al., 2018, "Flipout: Efficient Pseudo-Independent Weight Perturbations
+on Mini-Batches", ICLR) gives every example ``x_n`` of the batch its own
+pseudo-independent perturbation by flipping signs with Rademacher vectors
+``r_n`` (inputs) and ``s_n`` (outputs):
+
+    y_n = x_n M + ((x_n * r_n) (S * E)) * s_n + b,    b = m_b + s_b * e_b
+
+Marginally each ``y_n`` is distributed exactly as ``x_n W`` with ``W`` drawn
+from the posterior (``E`` and ``r_n E s_n^T`` have the same law), so
+
+    E[y_n]   = x_n M + m_b
+    Var[y_n] = (x_n^2) (S^2) + s_b^2
+
+while two examples of a batch no longer share one weight draw: for the weight
+part their covariance is ``0`` where plain weight sampling makes it
+``sum_i x_ni x_mi S_i^2``. The cost is two matrix products instead of one.
+
+The functions below take a leading task axis ``T`` so that a meta-batch of
+tasks, each with its own posterior, runs as one batched product. They follow
+``tfp.layers.DenseFlipout`` in meaning, but ``tfp.layers`` needs Keras 2, and
+here the posterior is an input produced by another network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+# Scales are softplus(rho) + SCALE_FLOOR: strictly positive whatever rho is, so
+# log-densities and the KL stay finite.
+SCALE_FLOOR = 1e-4
+
+
+def scale_from_rho(rho):
+    """Positive scale from an unconstrained parameter: ``softplus(rho) + SCALE_FLOOR``."""
+    return tf.nn.softplus(rho) + SCALE_FLOOR
+
+
+def rho_from_scale(scale):
+    """Inverse of :func:`scale_from_rho`, for initialising rho at a chosen scale."""
+    return tfp.math.softplus_inverse(tf.convert_to_tensor(scale, tf.float32) - SCALE_FLOOR)
+
+
+@dataclasses.dataclass
+class DenseParams:
+    """Posterior of one dense layer, per task: kernel ``[T, in, out]``, bias ``[T, out]``.
+
+    ``*_rho`` are unconstrained; the scale is :func:`scale_from_rho` of them. These
+    four tensors are what the inner loop adapts.
+    """
+
+    kernel_loc: tf.Tensor
+    kernel_rho: tf.Tensor
+    bias_loc: tf.Tensor
+    bias_rho: tf.Tensor
+
+    def tensors(self):
+        return [self.kernel_loc, self.kernel_rho, self.bias_loc, self.bias_rho]
+
+    @classmethod
+    def from_tensors(cls, tensors):
+        return cls(*tensors)
+
+
+def rademacher(shape, seed=None, dtype=tf.float32):
+    """Random signs, +1 or -1 with equal probability."""
+    return tf.cast(2 * keras.random.randint(shape, 0, 2, seed=seed) - 1, dtype)
+
+
+def flipout_dense(inputs, params: DenseParams, seed=None, mean_only=False):
+    """Flipout forward pass of a Gaussian dense layer, batched over tasks.
+
+    Args:
+      inputs: ``[T, M, in]`` float32, M examples per task.
+      params: the layer's posterior, kernel ``[T, in, out]``, bias ``[T, out]``.
+      seed: a ``keras.random.SeedGenerator`` (or int / None) for E, r, s.
+      mean_only: use the posterior means (``y = x M + m_b``), no sampling.
+
+    Returns:
+      ``[T, M, out]`` pre-activations.
+    """
+    mean = tf.einsum("tmi,tio->tmo", inputs, params.kernel_loc) + params.bias_loc[:, None, :]
+    if mean_only:
+        return mean
+    kernel_noise = scale_from_rho(params.kernel_rho) * keras.random.normal(tf.shape(params.kernel_loc), seed=seed)
+    bias = scale_from_rho(params.bias_rho) * keras.random.normal(tf.shape(params.bias_loc), seed=seed)
+    in_signs = rademacher(tf.shape(inputs), seed=seed)
+    out_signs = rademacher(tf.shape(mean), seed=seed)
+    perturbation = tf.einsum("tmi,tio->tmo", inputs * in_signs, kernel_noise) * out_signs
+    return mean + perturbation + bias[:, None, :]
+
+
+def dense_sampled_weights(inputs, params: DenseParams, seed=None):
+    """Reference estimator: one weight draw per task shared by all its examples (no Flipout)."""
+    kernel = params.kernel_loc + scale_from_rho(params.kernel_rho) * keras.random.normal(
+        tf.shape(params.kernel_loc), seed=seed)
+    bias = params.bias_loc + scale_from_rho(params.bias_rho) * keras.random.normal(tf.shape(params.bias_loc),
+                                                                                    seed=seed)
+    return tf.einsum("tmi,tio->tmo", inputs, kernel) + bias[:, None, :]
+
+
+def kl_to_standard_normal(params: DenseParams):
+    """``KL(q || N(0, 1))`` summed over the layer's weights and biases, per task: ``[T]``.
+
+    Closed form per weight: ``0.5 * (s^2 + m^2 - 1) - log s``, computed by TFP.
+    """
+    prior = tfd.Normal(0.0, 1.0)
+    total = 0.0
+    for loc, rho in ((params.kernel_loc, params.kernel_rho), (params.bias_loc, params.bias_rho)):
+        kl = tfd.kl_divergence(tfd.Normal(loc, scale_from_rho(rho)), prior)
+        total += tf.reduce_sum(tf.reshape(kl, (tf.shape(kl)[0], -1)), axis=-1)
+    return total

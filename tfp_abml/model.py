@@ -1,0 +1,174 @@
+"""AmortizedBNN: the paper's meta-learner as a ``keras.Model`` with its own ``train_step``.
+
+For each task of a meta-batch (all tasks run batched, no Python loop over them):
+
+1. embed support and query images with the encoder;
+2. task encoding h0 of the support embeddings (class means, random order);
+3. the LSTM posterior emits ``phi_0 = (loc, rho)`` of every BNN weight;
+4. K inner SGD steps on the support cross-entropy, with Flipout samples,
+   give ``phi_K`` (:func:`tfp_abml.inner_loop.sgd_adapt`);
+5. the outer loss on the query set under ``phi_K``::
+
+       L = E_tasks[ CE(query | phi_K) ] + kl_scale * E_tasks[ KL(q_{phi_K} || N(0, I)) ]
+
+   where the KL is summed over all BNN weights and biases. Its gradient flows
+   back through the inner loop (second order unless ``first_order``) into the
+   posterior LSTM, the task encoding and the encoder.
+
+At evaluation (``test_step``, ``call``) the query prediction is the posterior
+predictive ``mean_s softmax(f(x; W_s))`` over ``eval_samples`` Flipout draws
+from the adapted posterior.
+
+Inputs are the dicts of :mod:`tfp_abml.data.pipeline`: ``support_images``
+``[T, N*K, H, W, C]``, ``support_labels`` ``[T, N*K]`` (0..N-1),
+``query_images`` ``[T, M, H, W, C]``; targets are ``query_labels`` ``[T, M]``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfp_abml.bayesian_head import BayesianMLP
+from tfp_abml.inner_loop import sgd_adapt
+from tfp_abml.posterior import AmortizedPosterior
+from tfp_abml.task_encoding import ClassMeanConcat
+
+
+def _seed(seed, offset):
+    return None if seed is None else int(seed) + offset
+
+
+class AmortizedBNN(keras.Model):
+    """Amortized Bayesian neural network meta-learner (Kim & Heo).
+
+    Args:
+      encoder: ``keras.Model`` from images ``[M, H, W, C]`` to embeddings ``[M, D]``
+        (:func:`tfp_abml.encoders.build_encoder`).
+      ways: N, the number of classes per task (fixes the LSTM width N * D).
+      hidden_units: widths of the BNN's hidden layers; the BNN has
+        ``len(hidden_units) + 1`` layers, one LSTM step each.
+      noise_dim: size of the Gaussian noise fed to the LSTM at every step.
+      inner_steps, inner_lr: K and the step size of inner SGD (paper: 1 at 1.0, or 5 at 0.5).
+      kl_scale: weight of ``KL(q || N(0, I))`` in the outer loss.
+      first_order: drop second-order terms of the inner loop.
+      eval_samples: Flipout draws averaged for evaluation and prediction.
+      initial_scale: posterior scale of every weight at initialisation.
+      initial_embedding_scale: initial norm of the embeddings fed to the task encoding and BNN.
+      transductive_batch_norm: normalise with the statistics of the episodes at hand in
+        evaluation too, as in training (MAML's choice). With False, evaluation uses the moving
+        averages, which lag the fast-changing encoder early in training.
+      task_encoder: layer ``(embeddings [T, M, D], labels [T, M]) -> h0 [T, N * D]``;
+        default :class:`tfp_abml.task_encoding.ClassMeanConcat`.
+      seed: int seed for the model's random streams (None: unseeded).
+    """
+
+    def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
+                 kl_scale=1e-4, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
+                 transductive_batch_norm=True, task_encoder=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.ways = int(ways)
+        self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
+        self.kl_scale, self.first_order = float(kl_scale), bool(first_order)
+        self.eval_samples = int(eval_samples)
+        self.transductive_batch_norm = bool(transductive_batch_norm)
+        embedding_dim = int(encoder.output_shape[-1])
+        self.task_encoder = task_encoder or ClassMeanConcat(self.ways, seed=_seed(seed, 1), name="task_encoder")
+        self.head = BayesianMLP(embedding_dim, hidden_units, self.ways)
+        self.posterior = AmortizedPosterior(self.head.layer_shapes, units=self.ways * embedding_dim,
+                                            noise_dim=noise_dim, initial_scale=initial_scale,
+                                            seed=_seed(seed, 2), name="posterior")
+        self.flipout_seed = keras.random.SeedGenerator(_seed(seed, 3), name="flipout_seed")
+        # Raw Conv-4 embeddings have norms near 10: inner SGD at the paper's step sizes (0.5, 1.0)
+        # diverges on them. Unit-norm embeddings times a learned scale start stable and let the
+        # outer loop choose how fast the inner loop moves.
+        self.embedding_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(initial_embedding_scale),
+                                               name="embedding_scale")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "nll", "kl", "accuracy")}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    # -- the method, step by step -------------------------------------------------------------
+
+    def embed(self, images, training=False):
+        """Embeddings ``[T, M, D]`` of images ``[T, M, H, W, C]``, L2-normalised times ``embedding_scale``."""
+        shape = tf.shape(images)
+        flat = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+        embeddings = self.encoder(flat, training=training or self.transductive_batch_norm)
+        embeddings = tf.math.l2_normalize(embeddings, axis=-1) * self.embedding_scale
+        return tf.reshape(embeddings, (shape[0], shape[1], embeddings.shape[-1]))
+
+    def support_loss(self, params, support_embeddings, support_labels):
+        """Sum over tasks of the mean support cross-entropy (the inner objective)."""
+        logits = self.head(support_embeddings, params, seed=self.flipout_seed)
+        return tf.reduce_sum(tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=support_labels, logits=logits), axis=1))
+
+    def adapted_posterior(self, support_embeddings, support_labels):
+        """Posterior after the inner loop: list of DenseParams, one per BNN layer."""
+        h0 = self.task_encoder(support_embeddings, support_labels)
+        initial = BayesianMLP.flatten(self.posterior(h0))
+        adapted = sgd_adapt(initial, lambda flat: self.support_loss(BayesianMLP.unflatten(flat), support_embeddings,
+                                                                    support_labels),
+                            self.inner_steps, self.inner_lr, self.first_order)
+        return BayesianMLP.unflatten(adapted)
+
+    def predictive(self, params, query_embeddings, samples):
+        """Posterior-predictive probabilities ``[T, M, N]``: mean softmax over ``samples`` draws."""
+        draws = [tf.nn.softmax(self.head(query_embeddings, params, seed=self.flipout_seed))
+                 for _ in range(max(int(samples), 1))]
+        return tf.add_n(draws) / float(len(draws))
+
+    def _episode(self, inputs, query_labels, training):
+        support_images, query_images = inputs["support_images"], inputs["query_images"]
+        support_labels = tf.cast(inputs["support_labels"], tf.int32)
+        n_support = tf.shape(support_images)[1]
+        # One encoder call for support and query: one set of batch-norm statistics.
+        embeddings = self.embed(tf.concat([support_images, query_images], axis=1), training=training)
+        support_embeddings, query_embeddings = embeddings[:, :n_support], embeddings[:, n_support:]
+        params = self.adapted_posterior(support_embeddings, support_labels)
+        kl = tf.reduce_mean(self.head.kl(params))
+        query_labels = tf.cast(query_labels, tf.int32)
+        if training:
+            logits = self.head(query_embeddings, params, seed=self.flipout_seed)
+            nll = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=query_labels, logits=logits))
+            probabilities = tf.nn.softmax(logits)
+        else:
+            probabilities = self.predictive(params, query_embeddings, self.eval_samples)
+            picked = tf.gather(probabilities, query_labels, batch_dims=2)
+            nll = -tf.reduce_mean(tf.math.log(tf.maximum(picked, 1e-12)))
+        loss = nll + self.kl_scale * kl
+        accuracy = tf.reduce_mean(tf.cast(
+            tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), query_labels), tf.float32))
+        return {"loss": loss, "nll": nll, "kl": kl, "accuracy": accuracy}
+
+    # -- Keras hooks ---------------------------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        """Posterior-predictive query probabilities ``[T, M, N]`` after adapting to the support set."""
+        support_images, query_images = inputs["support_images"], inputs["query_images"]
+        n_support = tf.shape(support_images)[1]
+        embeddings = self.embed(tf.concat([support_images, query_images], axis=1), training=training)
+        params = self.adapted_posterior(embeddings[:, :n_support], tf.cast(inputs["support_labels"], tf.int32))
+        return self.predictive(params, embeddings[:, n_support:], self.eval_samples)
+
+    def _record(self, values):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(values[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        inputs, query_labels = data
+        with tf.GradientTape() as tape:
+            values = self._episode(inputs, query_labels, training=True)
+        gradients = tape.gradient(values["loss"], self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._record(values)
+
+    def test_step(self, data):
+        inputs, query_labels = data
+        return self._record(self._episode(inputs, query_labels, training=False))

@@ -1,0 +1,148 @@
+"""The settings of one training run, how to check them, and how to build its model and data.
+
+``RunConfig`` is what ``training.fit`` writes to ``<output>/config.json`` and
+what later tools (evaluation, export) read back to rebuild the same model.
+Checking a config needs no TensorFlow, so bad flags fail fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from tfp_abml.errors import UserInputError
+
+JIT_MODES = ("auto", "on", "off")
+
+# Settings that may change when a run is resumed: how long to train, and where the data lives.
+RESUMABLE_CHANGES = ("epochs", "data_dir")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    dataset: str = "omniglot"
+    split_scheme: str = "vinyals"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    encoder: str = "conv4"
+    image_size: int | None = None  # None: the encoder's default (conv4 28, efficientnet_b0 32)
+    embedding_dim: int = 64
+    encoder_weights: str | None = None
+    hidden_units: tuple = (64,)
+    noise_dim: int = 32
+    inner_steps: int = 5
+    inner_lr: float = 0.5
+    kl_scale: float = 1e-6
+    first_order: bool = False
+    initial_scale: float = 0.01
+    eval_samples: int = 10
+    meta_batch: int = 4
+    learning_rate: float = 3e-4
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    val_tasks: int = 100
+    seed: int = 0
+    jit: str = "auto"
+    data_dir: str | None = None
+
+    # -- validation (no TensorFlow) -----------------------------------------------------------
+
+    def validate(self):
+        """Raise UserInputError naming the flag to change; returns self."""
+        from tfp_abml.data.omniglot import DRAWERS
+        from tfp_abml.data.pipeline import DATASETS
+        from tfp_abml.encoders import DEFAULT_IMAGE_SIZE, ENCODERS, MIN_IMAGE_SIZE
+
+        if self.dataset not in DATASETS:
+            raise UserInputError(f"unknown dataset {self.dataset!r}: use --dataset {' or '.join(DATASETS)}")
+        if self.encoder not in ENCODERS:
+            raise UserInputError(f"unknown encoder {self.encoder!r}: use --encoder {' or '.join(ENCODERS)}")
+        if self.jit not in JIT_MODES:
+            raise UserInputError(f"unknown --jit {self.jit!r}: use one of {', '.join(JIT_MODES)}")
+        positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
+                    "eval_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1, "val_tasks": 0}
+        for name, least in positive.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise UserInputError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+        for name in ("inner_lr", "learning_rate", "initial_scale"):
+            if not getattr(self, name) > 0:
+                raise UserInputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not self.kl_scale >= 0:
+            raise UserInputError(f"--kl-scale must be >= 0, got {self.kl_scale}")
+        if any(int(u) < 1 for u in self.hidden_units):
+            raise UserInputError(f"--hidden-units must be positive integers, got {list(self.hidden_units)}")
+        if self.shots + self.queries > DRAWERS:
+            raise UserInputError(f"--shots {self.shots} + --queries {self.queries} = {self.shots + self.queries} "
+                                 f"is more than the {DRAWERS} drawers per Omniglot character: "
+                                 "lower --shots or --queries")
+        size = self.resolved_image_size
+        if size < MIN_IMAGE_SIZE[self.encoder]:
+            raise UserInputError(f"--image-size {size} is too small for {self.encoder}: "
+                                 f"use at least {MIN_IMAGE_SIZE[self.encoder]} "
+                                 f"(default {DEFAULT_IMAGE_SIZE[self.encoder]})")
+        if self.encoder_weights is not None and self.encoder != "efficientnet_b0":
+            raise UserInputError("--encoder-weights applies only to --encoder efficientnet_b0")
+        return self
+
+    @property
+    def resolved_image_size(self):
+        from tfp_abml.encoders import DEFAULT_IMAGE_SIZE
+
+        return int(self.image_size or DEFAULT_IMAGE_SIZE[self.encoder])
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        data["hidden_units"] = list(self.hidden_units)
+        return data
+
+    @classmethod
+    def from_dict(cls, data):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserInputError(f"unknown config keys {unknown}: known keys are {sorted(names)}")
+        data = dict(data)
+        if "hidden_units" in data:
+            data["hidden_units"] = tuple(data["hidden_units"])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path):
+        try:
+            return cls.from_dict(json.loads(open(path).read()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserInputError(f"cannot read config {path}: {err}") from err
+
+    def differences(self, other):
+        """Names of settings that differ from ``other`` and would change the run if resumed."""
+        return [f.name for f in dataclasses.fields(self)
+                if f.name not in RESUMABLE_CHANGES and getattr(self, f.name) != getattr(other, f.name)]
+
+    # -- builders (import TensorFlow) ------------------------------------------------------------
+
+    def build_model(self):
+        """The AmortizedBNN this config describes, not yet compiled."""
+        from tfp_abml.encoders import build_encoder
+        from tfp_abml.model import AmortizedBNN
+
+        encoder = build_encoder(self.encoder, self.resolved_image_size, channels=1,
+                                embedding_dim=self.embedding_dim, weights=self.encoder_weights)
+        return AmortizedBNN(encoder, self.ways, hidden_units=self.hidden_units, noise_dim=self.noise_dim,
+                            inner_steps=self.inner_steps, inner_lr=self.inner_lr, kl_scale=self.kl_scale,
+                            first_order=self.first_order, eval_samples=self.eval_samples,
+                            initial_scale=self.initial_scale, seed=self.seed)
+
+    def sampler(self, split, seed=None):
+        from tfp_abml.data import make_sampler
+
+        return make_sampler(self.dataset, split, self.ways, self.shots, self.queries,
+                            self.seed if seed is None else seed, self.data_dir, self.resolved_image_size,
+                            self.split_scheme)
+
+    def keras_jit_compile(self):
+        """``--jit`` as Keras's ``jit_compile``: auto lets Keras decide (off on CPU-only machines)."""
+        return {"auto": "auto", "on": True, "off": False}[self.jit]

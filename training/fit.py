@@ -1,0 +1,195 @@
+"""Meta-train a few-shot learner: ``python -m training.fit --dataset omniglot --ways 5 --shots 1``.
+
+Writes to ``--output`` (default ``runs/<dataset>-<ways>w<shots>s``): ``config.json``,
+``history.json``, ``checkpoints/`` (model, optimizer, epoch after every epoch),
+``logs/`` (TensorBoard) and ``model.weights.h5`` at the end. Running the same
+command again resumes from the last checkpoint; a different config on the same
+``--output`` is refused unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import sys
+import time
+
+from tfp_abml.errors import UserInputError
+from tfp_abml.run_config import JIT_MODES, RunConfig
+
+_DEFAULTS = RunConfig()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=_DEFAULTS.dataset, help="dataset (omniglot)")
+    data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake"),
+                      help="class split: vinyals (with rotations; the published one) or lake")
+    data.add_argument("--data-dir", default=None,
+                      help="folder with omniglot/images_{background,evaluation}.zip and omniglot/splits/; "
+                           "default $TFP_ABML_DATA_DIR, else download through TFDS")
+    data.add_argument("--ways", type=int, default=_DEFAULTS.ways, help="classes per task (N)")
+    data.add_argument("--shots", type=int, default=_DEFAULTS.shots, help="support examples per class (K)")
+    data.add_argument("--queries", type=int, default=_DEFAULTS.queries, help="query examples per class")
+    data.add_argument("--image-size", type=int, default=None, help="image side; default 28 (conv4), 32 (efficientnet_b0)")
+    model = p.add_argument_group("model")
+    model.add_argument("--encoder", default=_DEFAULTS.encoder, help="conv4 or efficientnet_b0")
+    model.add_argument("--encoder-weights", default=None,
+                       help="efficientnet_b0 only: 'imagenet' (downloads) or a local weights file")
+    model.add_argument("--embedding-dim", type=int, default=_DEFAULTS.embedding_dim, help="embedding size D")
+    model.add_argument("--hidden-units", type=int, nargs="*", default=list(_DEFAULTS.hidden_units),
+                       help="hidden layer widths of the Bayesian MLP")
+    model.add_argument("--noise-dim", type=int, default=_DEFAULTS.noise_dim, help="LSTM noise input size")
+    model.add_argument("--initial-scale", type=float, default=_DEFAULTS.initial_scale,
+                       help="posterior scale of every BNN weight at initialisation")
+    model.add_argument("--inner-steps", type=int, default=_DEFAULTS.inner_steps, help="inner SGD steps (paper: 1 or 5)")
+    model.add_argument("--inner-lr", type=float, default=_DEFAULTS.inner_lr, help="inner SGD lr (paper: 1.0 or 0.5)")
+    model.add_argument("--first-order", action="store_true", help="drop second-order terms of the inner loop")
+    model.add_argument("--kl-scale", type=float, default=_DEFAULTS.kl_scale,
+                       help="weight of KL(q || N(0,1)), summed over BNN weights, in the outer loss")
+    model.add_argument("--eval-samples", type=int, default=_DEFAULTS.eval_samples,
+                       help="posterior samples averaged at validation")
+    train = p.add_argument_group("training")
+    train.add_argument("--meta-batch", type=int, default=_DEFAULTS.meta_batch, help="tasks per outer update")
+    train.add_argument("--learning-rate", type=float, default=_DEFAULTS.learning_rate, help="outer Adam lr")
+    train.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="epochs to train in total")
+    train.add_argument("--steps-per-epoch", type=int, default=_DEFAULTS.steps_per_epoch,
+                       help="outer updates per epoch (episodes per epoch = this x meta-batch)")
+    train.add_argument("--val-tasks", type=int, default=_DEFAULTS.val_tasks,
+                       help="validation tasks after each epoch (0: no validation)")
+    train.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for tasks and weights")
+    train.add_argument("--jit", default=_DEFAULTS.jit, choices=JIT_MODES,
+                       help="XLA for the outer update; auto: on with a GPU, off on CPU (measured slower there)")
+    run = p.add_argument_group("run")
+    run.add_argument("--config", default=None, help="JSON file of settings (e.g. from training.tune); flags win")
+    run.add_argument("--output", default=None, help="run directory; default runs/<dataset>-<ways>w<shots>s")
+    run.add_argument("--overwrite", action="store_true", help="discard an existing run in --output")
+    run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="0 silent, 1 progress bar, 2 a line per epoch")
+    return p
+
+
+def parse_config(argv):
+    """Flags (over ``--config``, over defaults) -> (RunConfig, output dir, overwrite, verbose)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        # Re-parse with the file's values as defaults, so that explicit flags still win.
+        file_values = RunConfig.load(args.config).to_dict()
+        parser.set_defaults(**file_values)
+        args = parser.parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if k not in ("config", "output", "overwrite", "verbose")}
+    values["hidden_units"] = tuple(values["hidden_units"])
+    config = RunConfig.from_dict(values).validate()
+    output = pathlib.Path(args.output or f"runs/{config.dataset}-{config.ways}w{config.shots}s")
+    return config, output, args.overwrite, args.verbose
+
+
+def prepare_output(config, output, overwrite):
+    """Create or reuse ``output``; refuse a different config there unless ``overwrite``."""
+    config_path = output / "config.json"
+    if output.exists() and overwrite:
+        shutil.rmtree(output)
+    elif config_path.is_file():
+        previous = RunConfig.load(config_path)
+        changed = config.differences(previous)
+        if changed:
+            detail = ", ".join(f"{name}: {getattr(previous, name)!r} -> {getattr(config, name)!r}" for name in changed)
+            raise UserInputError(f"{output} holds a run with a different config ({detail}); "
+                                 "pass --overwrite to start over, or choose another --output")
+    elif output.exists() and any(output.iterdir()):
+        raise UserInputError(f"{output} exists and is not a training run: choose another --output or pass --overwrite")
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def check_data(config):
+    """Fail before importing TensorFlow if the data or the task shape cannot work."""
+    from tfp_abml.data import omniglot, splits
+
+    data_dir = omniglot.resolve_data_dir(config.data_dir)
+    if data_dir is not None:
+        omniglot._find_sources(data_dir)
+    if data_dir is not None or config.split_scheme == "lake":
+        return  # class counts are checked by the sampler once the images are loaded
+    for split in ("train", "val"):
+        count = splits.num_classes(split, config.split_scheme, config.data_dir)
+        if config.ways > count:
+            raise UserInputError(f"--ways {config.ways} is larger than the {count} classes of the {split} split")
+
+
+def train(config: RunConfig, output: pathlib.Path, verbose=1):
+    """Build data and model, restore the last checkpoint, fit; returns the Keras History."""
+    import keras
+
+    from tfp_abml.checkpointing import TrainingState, checkpoint_callback, read_json, write_json_atomic
+    from tfp_abml.data import episode_dataset
+
+    keras.utils.set_random_seed(config.seed)
+    train_sampler = config.sampler("train")
+    val_sampler = config.sampler("val", seed=config.seed + 1_000_003) if config.val_tasks else None
+
+    model = config.build_model()
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.keras_jit_compile())
+    sample_inputs, _ = next(iter(episode_dataset(train_sampler, 1)))
+    model(sample_inputs)  # creates the variables, which the optimizer and checkpoint need
+    state = TrainingState(model, output / "checkpoints")
+    write_json_atomic(output / "config.json", config.to_dict())
+
+    episodes_per_epoch = config.steps_per_epoch * config.meta_batch
+    initial_epoch = state.restore()
+    if initial_epoch:
+        print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs}.", flush=True)
+    if initial_epoch >= config.epochs:
+        print(f"Nothing to do: {config.epochs} epochs are done; raise --epochs to train longer.")
+        return None
+    history = read_json(output / "history.json", {})
+    keep = [i for i, e in enumerate(history.get("epoch", [])) if e <= initial_epoch]
+    history = {key: [values[i] for i in keep] for key, values in history.items()}
+
+    train_data = episode_dataset(train_sampler, config.meta_batch, start=initial_epoch * episodes_per_epoch)
+    val_data = None
+    if val_sampler is not None:
+        val_data = episode_dataset(val_sampler, config.meta_batch,
+                                   episodes=max(config.val_tasks // config.meta_batch, 1) * config.meta_batch)
+    callbacks = [checkpoint_callback(state, output / "history.json", history),
+                 keras.callbacks.TensorBoard(log_dir=str(output / "logs"))]
+    start = time.perf_counter()
+    result = model.fit(train_data, epochs=config.epochs, initial_epoch=initial_epoch,
+                       steps_per_epoch=config.steps_per_epoch, validation_data=val_data,
+                       callbacks=callbacks, verbose=verbose, shuffle=False)
+    elapsed = time.perf_counter() - start
+    trained = (config.epochs - initial_epoch) * episodes_per_epoch
+    _save_weights(model, output / "model.weights.h5")
+    if verbose:
+        print(f"Trained {trained} episodes in {elapsed:.0f} s ({trained / elapsed:.1f} episodes/s, "
+              f"validation included); run saved in {output}")
+    return result
+
+
+def _save_weights(model, path):
+    tmp = path.with_name(".tmp-" + path.name)
+    model.save_weights(str(tmp))
+    tmp.replace(path)
+
+
+def main(argv=None):
+    try:
+        config, output, overwrite, verbose = parse_config(argv)
+        check_data(config)
+        prepare_output(config, output, overwrite)
+        train(config, output, verbose)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last completed epoch is checkpointed; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
