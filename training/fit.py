@@ -10,7 +10,7 @@ command again resumes from the last checkpoint; a different config on the same
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import pathlib
 import shutil
 import sys
@@ -111,8 +111,8 @@ def check_data(config):
 
     data_dir = omniglot.resolve_data_dir(config.data_dir)
     if data_dir is not None:
-        omniglot._find_sources(data_dir)
-    if data_dir is not None or config.split_scheme == "lake":
+        omniglot.find_sources(data_dir)
+    if config.split_scheme == "lake":
         return  # class counts are checked by the sampler once the images are loaded
     for split in ("train", "val"):
         count = splits.num_classes(split, config.split_scheme, config.data_dir)
@@ -176,6 +176,8 @@ def _save_weights(model, path):
 
 
 def main(argv=None):
+    # TensorFlow's C++ INFO/WARNING lines bury the progress bar; users can still ask for them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         config, output, overwrite, verbose = parse_config(argv)
         check_data(config)

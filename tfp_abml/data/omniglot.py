@@ -68,7 +68,7 @@ def resolve_data_dir(data_dir=None):
     return path
 
 
-def _find_sources(data_dir: pathlib.Path):
+def find_sources(data_dir: pathlib.Path):
     """Map each archive name to its zip file or extracted folder under ``data_dir``."""
     sources = {}
     for name in ARCHIVES:
@@ -145,7 +145,7 @@ def _assemble(records, size):
 
 @functools.lru_cache(maxsize=4)
 def _load_local(data_dir: pathlib.Path, size: int):
-    sources = _find_sources(data_dir)
+    sources = find_sources(data_dir)
     records = (r for name in ARCHIVES for r in _read_pngs(sources[name]))
     return _assemble(records, size)
 

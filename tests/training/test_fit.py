@@ -1,0 +1,94 @@
+"""``python -m training.fit``: fast help, one-line errors, a real short run that learns, and resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from training import fit
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "training.fit", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_help_does_not_import_tensorflow():
+    code = ("import sys, contextlib, io\nimport training.fit as f\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: f.main(['--help'])\n    except SystemExit: pass\n"
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--encoder", "resnet50"], "unknown encoder 'resnet50'"),
+    (["--shots", "5", "--queries", "16"], "--shots 5 + --queries 16 = 21 is more than the 20 drawers"),
+    (["--ways", "1"], "--ways must be an integer >= 2"),
+    (["--ways", "700"], "--ways 700 is larger than the 688 classes of the val split"),
+    (["--inner-lr", "0"], "--inner-lr must be > 0"),
+    (["--kl-scale", "-1"], "--kl-scale must be >= 0"),
+    (["--encoder", "efficientnet_b0", "--image-size", "28"], "too small for efficientnet_b0"),
+    (["--encoder-weights", "imagenet"], "--encoder-weights applies only to --encoder efficientnet_b0"),
+    (["--data-dir", "/nonexistent"], "does not exist"),
+])
+def test_bad_input_exits_with_one_line(args, message, data_dir, tmp_path):
+    if "--data-dir" not in args:
+        args = [*args, "--data-dir", str(data_dir)]
+    result = _run(*args, "--output", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_data_dir_without_archives_says_what_to_put_where(tmp_path):
+    result = _run("--data-dir", str(tmp_path), "--output", str(tmp_path / "run"))
+    assert result.returncode == 2 and "images_background.zip" in result.stderr and "Traceback" not in result.stderr
+
+
+def _fit(output, data_dir, *extra):
+    return fit.main(["--data-dir", str(data_dir), "--ways", "5", "--shots", "1", "--queries", "5",
+                     "--meta-batch", "4", "--steps-per-epoch", "15", "--val-tasks", "8", "--output", str(output),
+                     "--verbose", "0", *extra])
+
+
+def test_short_run_learns_writes_its_files_and_resumes(tmp_path, data_dir):
+    import tensorflow as tf
+
+    output = tmp_path / "run"
+    assert _fit(output, data_dir, "--epochs", "2") == 0
+    for name in ("config.json", "history.json", "model.weights.h5", "checkpoints/checkpoint", "logs"):
+        assert (output / name).exists(), name
+    history = json.loads((output / "history.json").read_text())
+    assert history["epoch"] == [1, 2]
+    assert history["nll"][1] < history["nll"][0]
+    assert json.loads((output / "config.json").read_text())["ways"] == 5
+    step_after_two = tf.train.load_variable(str(output / "checkpoints" / "ckpt-2"),
+                                            "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
+    assert step_after_two == 30
+
+    # Same command, more epochs: continues from epoch 2 with the optimizer's state.
+    assert _fit(output, data_dir, "--epochs", "3") == 0
+    history = json.loads((output / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3]
+    assert tf.train.load_variable(str(output / "checkpoints" / "ckpt-3"),
+                                  "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 45
+    assert history["nll"][2] < history["nll"][0]
+
+    # A different config on the same output is refused, then accepted with --overwrite.
+    assert _fit(output, data_dir, "--epochs", "3", "--inner-steps", "1") == 2
+    assert _fit(output, data_dir, "--epochs", "1", "--inner-steps", "1", "--overwrite") == 0
+    assert json.loads((output / "history.json").read_text())["epoch"] == [1]
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"kl_scale": 0.01, "inner_steps": 1, "inner_lr": 1.0}))
+    config, *_ = fit.parse_config(["--config", str(path), "--inner-lr", "0.7"])
+    assert (config.kl_scale, config.inner_steps, config.inner_lr) == (0.01, 1, 0.7)
