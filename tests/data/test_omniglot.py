@@ -73,3 +73,33 @@ def test_extracted_folders_read_like_the_zips(tmp_path, data_dir):
     chars = omniglot.load_omniglot(tmp_path, 22)
     assert chars.images.shape == (2, 20, 22, 22)  # one character in each "archive"
     assert chars.background.tolist() == [True, False]
+
+
+def test_without_a_data_dir_images_come_from_tfds(monkeypatch):
+    """The TFDS fallback (which downloads for online users) maps TFDS records to Lake's names."""
+    import types
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def fake_load(name, split, with_info):
+        assert name == "omniglot"
+        count = 2 * omniglot.DRAWERS
+        images = np.full((count, 105, 105, 3), 255, np.uint8)
+        images[:, 40:60, 40:60] = 0
+        records = {"image": images, "alphabet": np.full(count, 1 if split == "train" else 0),
+                   "alphabet_char_id": np.repeat([0, 1], omniglot.DRAWERS)}
+        info = types.SimpleNamespace(features={"alphabet": types.SimpleNamespace(names=["Atlantean", "Bengali"])})
+        return tf.data.Dataset.from_tensor_slices(records), info
+
+    monkeypatch.delenv(omniglot.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(tfds, "load", fake_load)
+    omniglot._load_tfds.cache_clear()
+    try:
+        chars = omniglot.load_omniglot(None, 28)
+    finally:
+        omniglot._load_tfds.cache_clear()
+    assert chars.names == ("Atlantean/character01", "Atlantean/character02",
+                           "Bengali/character01", "Bengali/character02")
+    assert chars.background.tolist() == [False, False, True, True]
+    assert chars.images.shape == (4, 20, 28, 28) and chars.images[0, 0, 0, 0] == 255 and chars.images[0, 0, 14, 14] == 0
