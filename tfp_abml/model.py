@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from tfp_abml.bayesian_head import BayesianMLP
+from tfp_abml.episodic import EpisodicModel, mean_nll
 from tfp_abml.inner_loop import sgd_adapt
 from tfp_abml.posterior import AmortizedPosterior
 from tfp_abml.task_encoding import ClassMeanConcat
@@ -39,7 +40,7 @@ def _seed(seed, offset):
     return None if seed is None else int(seed) + offset
 
 
-class AmortizedBNN(keras.Model):
+class AmortizedBNN(EpisodicModel):
     """Amortized Bayesian neural network meta-learner (Kim & Heo).
 
     Args:
@@ -63,12 +64,13 @@ class AmortizedBNN(keras.Model):
       seed: int seed for the model's random streams (None: unseeded).
     """
 
+    extra_metrics = ("kl",)
+
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
                  kl_scale=1e-4, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
                  transductive_batch_norm=True, task_encoder=None, seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(ways, **kwargs)
         self.encoder = encoder
-        self.ways = int(ways)
         self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
         self.kl_scale, self.first_order = float(kl_scale), bool(first_order)
         self.eval_samples = int(eval_samples)
@@ -85,11 +87,6 @@ class AmortizedBNN(keras.Model):
         # outer loop choose how fast the inner loop moves.
         self.embedding_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(initial_embedding_scale),
                                                name="embedding_scale")
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "nll", "kl", "accuracy")}
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     # -- the method, step by step -------------------------------------------------------------
 
@@ -122,53 +119,29 @@ class AmortizedBNN(keras.Model):
                  for _ in range(max(int(samples), 1))]
         return tf.add_n(draws) / float(len(draws))
 
-    def _episode(self, inputs, query_labels, training):
+    def _adapt_and_embed_queries(self, inputs, training):
         support_images, query_images = inputs["support_images"], inputs["query_images"]
-        support_labels = tf.cast(inputs["support_labels"], tf.int32)
         n_support = tf.shape(support_images)[1]
         # One encoder call for support and query: one set of batch-norm statistics.
         embeddings = self.embed(tf.concat([support_images, query_images], axis=1), training=training)
-        support_embeddings, query_embeddings = embeddings[:, :n_support], embeddings[:, n_support:]
-        params = self.adapted_posterior(support_embeddings, support_labels)
+        params = self.adapted_posterior(embeddings[:, :n_support], tf.cast(inputs["support_labels"], tf.int32))
+        return params, embeddings[:, n_support:]
+
+    def episode(self, inputs, query_labels, training):
+        params, query_embeddings = self._adapt_and_embed_queries(inputs, training)
         kl = tf.reduce_mean(self.head.kl(params))
         query_labels = tf.cast(query_labels, tf.int32)
-        if training:
+        if training:  # one Flipout draw: an unbiased estimate of the expected log-likelihood
             logits = self.head(query_embeddings, params, seed=self.flipout_seed)
             nll = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=query_labels, logits=logits))
             probabilities = tf.nn.softmax(logits)
         else:
             probabilities = self.predictive(params, query_embeddings, self.eval_samples)
-            picked = tf.gather(probabilities, query_labels, batch_dims=2)
-            nll = -tf.reduce_mean(tf.math.log(tf.maximum(picked, 1e-12)))
-        loss = nll + self.kl_scale * kl
-        accuracy = tf.reduce_mean(tf.cast(
-            tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), query_labels), tf.float32))
-        return {"loss": loss, "nll": nll, "kl": kl, "accuracy": accuracy}
+            nll = mean_nll(probabilities, query_labels)
+        return {"loss": nll + self.kl_scale * kl, "nll": nll, "kl": kl, "probabilities": probabilities}
 
-    # -- Keras hooks ---------------------------------------------------------------------------
-
-    def call(self, inputs, training=False):
+    def predict_episode(self, inputs, training=False):
         """Posterior-predictive query probabilities ``[T, M, N]`` after adapting to the support set."""
-        support_images, query_images = inputs["support_images"], inputs["query_images"]
-        n_support = tf.shape(support_images)[1]
-        embeddings = self.embed(tf.concat([support_images, query_images], axis=1), training=training)
-        params = self.adapted_posterior(embeddings[:, :n_support], tf.cast(inputs["support_labels"], tf.int32))
-        return self.predictive(params, embeddings[:, n_support:], self.eval_samples)
-
-    def _record(self, values):
-        for name, tracker in self.trackers.items():
-            tracker.update_state(values[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
-
-    def train_step(self, data):
-        inputs, query_labels = data
-        with tf.GradientTape() as tape:
-            values = self._episode(inputs, query_labels, training=True)
-        gradients = tape.gradient(values["loss"], self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
-        return self._record(values)
-
-    def test_step(self, data):
-        inputs, query_labels = data
-        return self._record(self._episode(inputs, query_labels, training=False))
+        params, query_embeddings = self._adapt_and_embed_queries(inputs, training)
+        return self.predictive(params, query_embeddings, self.eval_samples)

@@ -1,0 +1,68 @@
+"""Base class of every few-shot learner here: one Keras training loop over meta-batches of tasks.
+
+A subclass implements ``episode(inputs, query_labels, training)``, returning at least
+``loss`` (what the outer optimizer minimises), ``nll`` and ``probabilities`` (query
+predictions ``[T, M, N]``); any extra scalars named in ``extra_metrics`` are tracked too.
+This class turns that into ``train_step`` (one outer update with ``tf.GradientTape``),
+``test_step`` and ``call``, so that methods differ only in how they adapt to a task.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def query_accuracy(probabilities, labels):
+    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+
+
+def mean_nll(probabilities, labels):
+    """Mean negative log-probability of the true labels, floored at 1e-12 to stay finite."""
+    picked = tf.gather(probabilities, tf.cast(labels, tf.int32), batch_dims=2)
+    return -tf.reduce_mean(tf.math.log(tf.maximum(picked, 1e-12)))
+
+
+class EpisodicModel(keras.Model):
+    """A meta-learner trained on ``({support_images, support_labels, query_images}, query_labels)``."""
+
+    extra_metrics = ()
+
+    def __init__(self, ways, **kwargs):
+        super().__init__(**kwargs)
+        self.ways = int(ways)
+        names = ("loss", "nll", *self.extra_metrics, "accuracy")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def episode(self, inputs, query_labels, training):
+        raise NotImplementedError
+
+    def predict_episode(self, inputs, training=False):
+        """Query probabilities ``[T, M, N]``; subclasses may skip the loss work."""
+        raise NotImplementedError
+
+    def call(self, inputs, training=False):
+        return self.predict_episode(inputs, training=training)
+
+    def _record(self, values, query_labels):
+        values = dict(values, accuracy=query_accuracy(values["probabilities"], query_labels))
+        for name, tracker in self.trackers.items():
+            tracker.update_state(values[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        inputs, query_labels = data
+        with tf.GradientTape() as tape:
+            values = self.episode(inputs, query_labels, training=True)
+        gradients = tape.gradient(values["loss"], self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._record(values, query_labels)
+
+    def test_step(self, data):
+        inputs, query_labels = data
+        return self._record(self.episode(inputs, query_labels, training=False), query_labels)
