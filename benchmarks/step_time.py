@@ -38,7 +38,7 @@ def time_setting(config, batches, jit, steps, repeats):
 
     keras.utils.set_random_seed(0)
     model = config.build_model()
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=jit)
+    model.compile(optimizer=keras.optimizers.Adam(config.resolved_learning_rate), jit_compile=jit)
     model(batches[0][0])
     step = tf.function(model.train_step, jit_compile=jit)
     step(batches[0])  # trace (and compile, with XLA)

@@ -13,6 +13,20 @@ import keras
 import tensorflow as tf
 
 
+def embed_tasks(encoder, images, training):
+    """Apply an encoder of ``[M, H, W, C]`` images to ``[T, M, H, W, C]``: embeddings ``[T, M, D]``."""
+    shape = tf.shape(images)
+    flat = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+    embeddings = encoder(flat, training=training)
+    return tf.reshape(embeddings, (shape[0], shape[1], embeddings.shape[-1]))
+
+
+def split_support_query(embeddings, inputs):
+    """Split embeddings of ``concat([support, query], axis=1)`` back into the two sets."""
+    n_support = tf.shape(inputs["support_images"])[1]
+    return embeddings[:, :n_support], embeddings[:, n_support:]
+
+
 def query_accuracy(probabilities, labels):
     predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))

@@ -25,9 +25,11 @@ def sgd_adapt(params, loss_fn, steps, learning_rate, first_order=False):
         be the *sum* of per-task losses, so that each task's parameters get the
         gradient of their own task's loss.
       steps: K, a Python int (the loop is unrolled: K is small).
-      learning_rate: inner SGD step size.
+      learning_rate: inner SGD step size: one number, or one tensor per parameter
+        (broadcastable to it), as Meta-SGD learns them.
       first_order: stop gradients through the inner gradients.
     """
+    rates = learning_rate if isinstance(learning_rate, (list, tuple)) else [learning_rate] * len(params)
     for _ in range(int(steps)):
         with tf.GradientTape() as tape:
             tape.watch(params)
@@ -35,5 +37,5 @@ def sgd_adapt(params, loss_fn, steps, learning_rate, first_order=False):
         grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if first_order:
             grads = [tf.stop_gradient(g) for g in grads]
-        params = [p - learning_rate * g for p, g in zip(params, grads)]
+        params = [p - rate * g for p, rate, g in zip(params, rates, grads)]
     return params

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from tfp_abml.bayesian_head import BayesianMLP
-from tfp_abml.episodic import EpisodicModel, mean_nll
+from tfp_abml.episodic import EpisodicModel, embed_tasks, mean_nll, split_support_query
 from tfp_abml.inner_loop import sgd_adapt
 from tfp_abml.posterior import AmortizedPosterior
 from tfp_abml.task_encoding import ClassMeanConcat
@@ -92,11 +92,8 @@ class AmortizedBNN(EpisodicModel):
 
     def embed(self, images, training=False):
         """Embeddings ``[T, M, D]`` of images ``[T, M, H, W, C]``, L2-normalised times ``embedding_scale``."""
-        shape = tf.shape(images)
-        flat = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
-        embeddings = self.encoder(flat, training=training or self.transductive_batch_norm)
-        embeddings = tf.math.l2_normalize(embeddings, axis=-1) * self.embedding_scale
-        return tf.reshape(embeddings, (shape[0], shape[1], embeddings.shape[-1]))
+        embeddings = embed_tasks(self.encoder, images, training or self.transductive_batch_norm)
+        return tf.math.l2_normalize(embeddings, axis=-1) * self.embedding_scale
 
     def support_loss(self, params, support_embeddings, support_labels):
         """Sum over tasks of the mean support cross-entropy (the inner objective)."""
@@ -120,12 +117,11 @@ class AmortizedBNN(EpisodicModel):
         return tf.add_n(draws) / float(len(draws))
 
     def _adapt_and_embed_queries(self, inputs, training):
-        support_images, query_images = inputs["support_images"], inputs["query_images"]
-        n_support = tf.shape(support_images)[1]
         # One encoder call for support and query: one set of batch-norm statistics.
-        embeddings = self.embed(tf.concat([support_images, query_images], axis=1), training=training)
-        params = self.adapted_posterior(embeddings[:, :n_support], tf.cast(inputs["support_labels"], tf.int32))
-        return params, embeddings[:, n_support:]
+        embeddings = self.embed(tf.concat([inputs["support_images"], inputs["query_images"]], axis=1), training)
+        support_embeddings, query_embeddings = split_support_query(embeddings, inputs)
+        params = self.adapted_posterior(support_embeddings, tf.cast(inputs["support_labels"], tf.int32))
+        return params, query_embeddings
 
     def episode(self, inputs, query_labels, training):
         params, query_embeddings = self._adapt_and_embed_queries(inputs, training)

@@ -13,6 +13,10 @@ import json
 from tfp_abml.errors import UserInputError
 
 JIT_MODES = ("auto", "on", "off")
+METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
+# Outer Adam learning rate when --learning-rate is not given. The amortized posterior's large
+# output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
+DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
 
 # Settings that may change when a run is resumed: how long to train, and where the data lives.
 RESUMABLE_CHANGES = ("epochs", "data_dir")
@@ -20,6 +24,7 @@ RESUMABLE_CHANGES = ("epochs", "data_dir")
 
 @dataclasses.dataclass
 class RunConfig:
+    method: str = "abml"
     dataset: str = "omniglot"
     split_scheme: str = "vinyals"
     ways: int = 5
@@ -38,7 +43,7 @@ class RunConfig:
     initial_scale: float = 0.01
     eval_samples: int = 10
     meta_batch: int = 4
-    learning_rate: float = 3e-4
+    learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE[method]
     epochs: int = 20
     steps_per_epoch: int = 100
     val_tasks: int = 100
@@ -54,6 +59,8 @@ class RunConfig:
         from tfp_abml.data.pipeline import DATASETS
         from tfp_abml.encoders import DEFAULT_IMAGE_SIZE, ENCODERS, MIN_IMAGE_SIZE
 
+        if self.method not in METHODS:
+            raise UserInputError(f"unknown method {self.method!r}: use --method {' or '.join(METHODS)}")
         if self.dataset not in DATASETS:
             raise UserInputError(f"unknown dataset {self.dataset!r}: use --dataset {' or '.join(DATASETS)}")
         if self.encoder not in ENCODERS:
@@ -67,7 +74,7 @@ class RunConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserInputError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
         for name in ("inner_lr", "learning_rate", "initial_scale"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise UserInputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not self.kl_scale >= 0:
             raise UserInputError(f"--kl-scale must be >= 0, got {self.kl_scale}")
@@ -85,6 +92,10 @@ class RunConfig:
         if self.encoder_weights is not None and self.encoder != "efficientnet_b0":
             raise UserInputError("--encoder-weights applies only to --encoder efficientnet_b0")
         return self
+
+    @property
+    def resolved_learning_rate(self):
+        return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATE[self.method])
 
     @property
     def resolved_image_size(self):
@@ -125,12 +136,21 @@ class RunConfig:
     # -- builders (import TensorFlow) ------------------------------------------------------------
 
     def build_model(self):
-        """The AmortizedBNN this config describes, not yet compiled."""
+        """The model this config describes (an EpisodicModel), not yet compiled."""
+        from tfp_abml import baselines
         from tfp_abml.encoders import build_encoder
         from tfp_abml.model import AmortizedBNN
 
         encoder = build_encoder(self.encoder, self.resolved_image_size, channels=1,
                                 embedding_dim=self.embedding_dim, weights=self.encoder_weights)
+        if self.method == "protonet":
+            return baselines.PrototypicalNetwork(encoder, self.ways)
+        if self.method == "matching":
+            return baselines.MatchingNetwork(encoder, self.ways)
+        if self.method in ("maml", "metasgd"):
+            cls = baselines.MAML if self.method == "maml" else baselines.MetaSGD
+            return cls(encoder, self.ways, inner_steps=self.inner_steps, inner_lr=self.inner_lr,
+                       first_order=self.first_order)
         return AmortizedBNN(encoder, self.ways, hidden_units=self.hidden_units, noise_dim=self.noise_dim,
                             inner_steps=self.inner_steps, inner_lr=self.inner_lr, kl_scale=self.kl_scale,
                             first_order=self.first_order, eval_samples=self.eval_samples,
@@ -142,6 +162,15 @@ class RunConfig:
         return make_sampler(self.dataset, split, self.ways, self.shots, self.queries,
                             self.seed if seed is None else seed, self.data_dir, self.resolved_image_size,
                             self.split_scheme)
+
+    def compiled_model(self):
+        """``build_model()`` compiled with the outer Adam optimizer and the ``--jit`` setting."""
+        import keras
+
+        model = self.build_model()
+        model.compile(optimizer=keras.optimizers.Adam(self.resolved_learning_rate),
+                      jit_compile=self.keras_jit_compile())
+        return model
 
     def keras_jit_compile(self):
         """``--jit`` as Keras's ``jit_compile``: auto lets Keras decide (off on CPU-only machines)."""

@@ -17,14 +17,21 @@ import sys
 import time
 
 from tfp_abml.errors import UserInputError
-from tfp_abml.run_config import JIT_MODES, RunConfig
+from tfp_abml.run_config import JIT_MODES, METHODS, RunConfig
 
 _DEFAULTS = RunConfig()
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other user error, instead of usage + message
+        raise UserInputError(f"{message} (see --help)")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="python -m training.fit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--method", default=_DEFAULTS.method, choices=METHODS,
+                   help="abml: the paper's amortized BNN; baselines: protonet, maml, metasgd, matching")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=_DEFAULTS.dataset, help="dataset (omniglot)")
     data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake"),
@@ -55,7 +62,8 @@ def build_parser():
                        help="posterior samples averaged at validation")
     train = p.add_argument_group("training")
     train.add_argument("--meta-batch", type=int, default=_DEFAULTS.meta_batch, help="tasks per outer update")
-    train.add_argument("--learning-rate", type=float, default=_DEFAULTS.learning_rate, help="outer Adam lr")
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="outer Adam lr; default 3e-4 for abml, 1e-3 for the baselines")
     train.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="epochs to train in total")
     train.add_argument("--steps-per-epoch", type=int, default=_DEFAULTS.steps_per_epoch,
                        help="outer updates per epoch (episodes per epoch = this x meta-batch)")
@@ -66,7 +74,7 @@ def build_parser():
                        help="XLA for the outer update; auto: on with a GPU, off on CPU (measured slower there)")
     run = p.add_argument_group("run")
     run.add_argument("--config", default=None, help="JSON file of settings (e.g. from training.tune); flags win")
-    run.add_argument("--output", default=None, help="run directory; default runs/<dataset>-<ways>w<shots>s")
+    run.add_argument("--output", default=None, help="run directory; default runs/<dataset>-<ways>w<shots>s[-<method>]")
     run.add_argument("--overwrite", action="store_true", help="discard an existing run in --output")
     run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="0 silent, 1 progress bar, 2 a line per epoch")
     return p
@@ -84,7 +92,8 @@ def parse_config(argv):
     values = {k: v for k, v in vars(args).items() if k not in ("config", "output", "overwrite", "verbose")}
     values["hidden_units"] = tuple(values["hidden_units"])
     config = RunConfig.from_dict(values).validate()
-    output = pathlib.Path(args.output or f"runs/{config.dataset}-{config.ways}w{config.shots}s")
+    suffix = "" if config.method == "abml" else f"-{config.method}"
+    output = pathlib.Path(args.output or f"runs/{config.dataset}-{config.ways}w{config.shots}s{suffix}")
     return config, output, args.overwrite, args.verbose
 
 
@@ -131,8 +140,7 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1):
     train_sampler = config.sampler("train")
     val_sampler = config.sampler("val", seed=config.seed + 1_000_003) if config.val_tasks else None
 
-    model = config.build_model()
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.keras_jit_compile())
+    model = config.compiled_model()
     sample_inputs, _ = next(iter(episode_dataset(train_sampler, 1)))
     model(sample_inputs)  # creates the variables, which the optimizer and checkpoint need
     state = TrainingState(model, output / "checkpoints")
