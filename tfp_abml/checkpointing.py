@@ -78,3 +78,36 @@ def checkpoint_callback(state: TrainingState, history_path, previous_history=Non
             write_json_atomic(history_path, history)
 
     return _Checkpoint()
+
+
+def load_run(run_dir, **overrides):
+    """Config and model of a training run, weights from its latest checkpoint.
+
+    ``overrides`` replace config settings (e.g. ``shots`` or ``data_dir``) before the model is
+    built; settings that change the model's shape must match the trained one.
+    """
+    import dataclasses
+
+    import tensorflow as tf
+
+    from tfp_abml.data import episode_dataset
+    from tfp_abml.errors import UserInputError
+    from tfp_abml.run_config import RunConfig
+
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserInputError(f"{run_dir} is not a training run (no config.json): pass the --output of training.fit")
+    config = RunConfig.load(run_dir / "config.json")
+    trained_ways = config.ways
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
+    if config.ways != trained_ways and config.method in ("abml", "maml", "metasgd"):
+        raise UserInputError(f"{run_dir} was trained {trained_ways}-way and {config.method}'s output layer is "
+                             f"{trained_ways}-way: evaluate with --ways {trained_ways}")
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    if latest is None:
+        raise UserInputError(f"{run_dir} has no checkpoint yet: train at least one epoch first")
+    model = config.build_model()
+    sample_inputs, _ = next(iter(episode_dataset(config.sampler("val"), 1)))
+    model(sample_inputs)
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    return config, model

@@ -60,6 +60,10 @@ class EpisodicModel(keras.Model):
         """Query probabilities ``[T, M, N]``; subclasses may skip the loss work."""
         raise NotImplementedError
 
+    def evaluation_predictions(self, inputs, samples=None):
+        """Named query predictions for evaluation; Bayesian models add their variants."""
+        return {"prediction": self.predict_episode(inputs)}
+
     def call(self, inputs, training=False):
         return self.predict_episode(inputs, training=training)
 

@@ -141,3 +141,11 @@ class AmortizedBNN(EpisodicModel):
         """Posterior-predictive query probabilities ``[T, M, N]`` after adapting to the support set."""
         params, query_embeddings = self._adapt_and_embed_queries(inputs, training)
         return self.predictive(params, query_embeddings, self.eval_samples)
+
+    def evaluation_predictions(self, inputs, samples=None):
+        """Posterior predictive over ``samples`` draws, and the prediction of the posterior means,
+        from one adapted posterior."""
+        params, query_embeddings = self._adapt_and_embed_queries(inputs, training=False)
+        mean_logits = self.head(query_embeddings, params, mean_only=True)
+        return {"posterior_predictive": self.predictive(params, query_embeddings, samples or self.eval_samples),
+                "mean_weights": tf.nn.softmax(mean_logits)}

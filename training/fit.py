@@ -76,12 +76,14 @@ def build_parser():
     run.add_argument("--config", default=None, help="JSON file of settings (e.g. from training.tune); flags win")
     run.add_argument("--output", default=None, help="run directory; default runs/<dataset>-<ways>w<shots>s[-<method>]")
     run.add_argument("--overwrite", action="store_true", help="discard an existing run in --output")
+    run.add_argument("--max-minutes", type=float, default=None,
+                     help="stop at the end of the first epoch that ends after this many minutes")
     run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="0 silent, 1 progress bar, 2 a line per epoch")
     return p
 
 
 def parse_config(argv):
-    """Flags (over ``--config``, over defaults) -> (RunConfig, output dir, overwrite, verbose)."""
+    """Flags (over ``--config``, over defaults) -> (RunConfig, output, overwrite, verbose, max_minutes)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
@@ -89,12 +91,15 @@ def parse_config(argv):
         file_values = RunConfig.load(args.config).to_dict()
         parser.set_defaults(**file_values)
         args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k not in ("config", "output", "overwrite", "verbose")}
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise UserInputError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    values = {k: v for k, v in vars(args).items()
+              if k not in ("config", "output", "overwrite", "verbose", "max_minutes")}
     values["hidden_units"] = tuple(values["hidden_units"])
     config = RunConfig.from_dict(values).validate()
     suffix = "" if config.method == "abml" else f"-{config.method}"
     output = pathlib.Path(args.output or f"runs/{config.dataset}-{config.ways}w{config.shots}s{suffix}")
-    return config, output, args.overwrite, args.verbose
+    return config, output, args.overwrite, args.verbose, args.max_minutes
 
 
 def prepare_output(config, output, overwrite):
@@ -129,7 +134,23 @@ def check_data(config):
             raise UserInputError(f"--ways {config.ways} is larger than the {count} classes of the {split} split")
 
 
-def train(config: RunConfig, output: pathlib.Path, verbose=1):
+def _time_budget(minutes):
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        """Stops training at the end of the first epoch that ends past the budget (whole epochs only)."""
+
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if time.perf_counter() - self.start > 60.0 * minutes:
+                self.model.stop_training = True
+
+    return TimeBudget()
+
+
+def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     """Build data and model, restore the last checkpoint, fit; returns the Keras History."""
     import keras
 
@@ -164,12 +185,14 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1):
                                    episodes=max(config.val_tasks // config.meta_batch, 1) * config.meta_batch)
     callbacks = [checkpoint_callback(state, output / "history.json", history),
                  keras.callbacks.TensorBoard(log_dir=str(output / "logs"))]
+    if max_minutes:
+        callbacks.append(_time_budget(max_minutes))
     start = time.perf_counter()
     result = model.fit(train_data, epochs=config.epochs, initial_epoch=initial_epoch,
                        steps_per_epoch=config.steps_per_epoch, validation_data=val_data,
                        callbacks=callbacks, verbose=verbose, shuffle=False)
     elapsed = time.perf_counter() - start
-    trained = (config.epochs - initial_epoch) * episodes_per_epoch
+    trained = len(result.epoch) * episodes_per_epoch
     _save_weights(model, output / "model.weights.h5")
     if verbose:
         print(f"Trained {trained} episodes in {elapsed:.0f} s ({trained / elapsed:.1f} episodes/s, "
@@ -187,10 +210,10 @@ def main(argv=None):
     # TensorFlow's C++ INFO/WARNING lines bury the progress bar; users can still ask for them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        config, output, overwrite, verbose = parse_config(argv)
+        config, output, overwrite, verbose, max_minutes = parse_config(argv)
         check_data(config)
         prepare_output(config, output, overwrite)
-        train(config, output, verbose)
+        train(config, output, verbose, max_minutes)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,97 @@
+"""Evaluate a trained run on fresh tasks: ``python -m training.evaluate --run DIR --tasks 600``.
+
+Reports accuracy with its 95% confidence interval (1.96 x std / sqrt(tasks)), NLL, Brier
+score and expected calibration error (15 equal-width bins) for every prediction the model
+offers (for the Bayesian model: the posterior predictive over ``--samples`` draws and the
+prediction of the posterior means), and the AUROC of predictive entropy separating queries
+from classes absent from the support set. Writes ``DIR/eval_<split>.json`` and
+``DIR/reliability_<split>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+
+from tfp_abml.errors import UserInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserInputError(f"{message} (see --help)")
+
+
+def build_parser():
+    p = _Parser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory written by training.fit")
+    p.add_argument("--tasks", type=int, default=600, help="test tasks (and as many OOD tasks)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="classes to draw tasks from")
+    p.add_argument("--samples", type=int, default=None, help="posterior samples (Bayesian model); default the run's")
+    p.add_argument("--ways", type=int, default=None, help="override the run's ways (protonet, matching only)")
+    p.add_argument("--shots", type=int, default=None, help="override the run's shots")
+    p.add_argument("--queries", type=int, default=None, help="override the run's queries per class")
+    p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation tasks")
+    p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution pass")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1))
+    return p
+
+
+def run(args):
+    from tfp_abml.checkpointing import load_run, write_json_atomic
+    from tfp_abml.evaluation import evaluate
+    from tfp_abml.metrics import ECE_BINS, plot_reliability
+
+    for flag in ("tasks", "samples", "ways", "shots", "queries"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserInputError(f"--{flag} must be >= 1, got {value}")
+    run_dir = pathlib.Path(args.run)
+    config, model = load_run(run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
+                             data_dir=args.data_dir)
+    seed = 2_000_003 + args.seed  # tasks independent of the training and validation streams
+    sampler = config.sampler(args.split, seed=seed)
+    ood_sampler = None
+    if not args.no_ood:
+        ood_sampler = dataclasses.replace(config, ways=2 * config.ways).sampler(args.split, seed=seed + 1)
+    result = evaluate(model, sampler, ood_sampler, tasks=args.tasks, meta_batch=config.meta_batch,
+                      samples=args.samples, progress=bool(args.verbose))
+    curves = {name: (p, result["labels"]) for name, p in result.pop("probabilities").items()}
+    result.pop("labels")
+    result.update(method=config.method, split=args.split, seed=args.seed, ece_bins=ECE_BINS,
+                  samples=args.samples or getattr(model, "eval_samples", None),
+                  confidence_interval="95%: 1.96 x std over tasks / sqrt(tasks)")
+    write_json_atomic(run_dir / f"eval_{args.split}.json", result)
+    figure = run_dir / f"reliability_{args.split}.png"
+    plot_reliability(curves, figure, title=f"{config.method}, Omniglot {config.ways}-way {config.shots}-shot, "
+                                           f"{args.split} ({args.tasks} tasks)")
+    print(format_table(result))
+    print(f"wrote {run_dir / f'eval_{args.split}.json'} and {figure}")
+    return result
+
+
+def format_table(result):
+    lines = [f"{'prediction':22s} {'accuracy':>16s} {'NLL':>7s} {'Brier':>7s} {'ECE':>7s} {'OOD AUROC':>10s}"]
+    for name, s in result["predictions"].items():
+        ood = f"{s['ood_auroc']:.3f}" if "ood_auroc" in s else "-"
+        lines.append(f"{name:22s} {100 * s['accuracy']:7.2f} +- {100 * s['accuracy_ci95']:5.2f}% "
+                     f"{s['nll']:7.3f} {s['brier']:7.3f} {100 * s['ece']:6.2f}% {ood:>10s}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        run(build_parser().parse_args(argv))
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
