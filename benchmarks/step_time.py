@@ -12,7 +12,6 @@ timed. Writes ``benchmarks/results/step_time_<machine>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform

@@ -84,3 +84,19 @@ class EpisodicModel(keras.Model):
     def test_step(self, data):
         inputs, query_labels = data
         return self._record(self.episode(inputs, query_labels, training=False), query_labels)
+
+
+class LogitModel(EpisodicModel):
+    """An EpisodicModel whose subclass gives query ``logits(inputs, training)``; trained by cross-entropy."""
+
+    def logits(self, inputs, training=False):
+        raise NotImplementedError
+
+    def episode(self, inputs, query_labels, training):
+        logits = self.logits(inputs, training)
+        nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(query_labels, tf.int32), logits=logits))
+        return {"loss": nll, "nll": nll, "probabilities": tf.nn.softmax(logits)}
+
+    def predict_episode(self, inputs, training=False):
+        return tf.nn.softmax(self.logits(inputs, training))

@@ -10,23 +10,16 @@ from classes absent from the support set. Writes ``DIR/eval_<split>.json`` and
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import pathlib
 import sys
 
 from tfp_abml.errors import UserInputError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserInputError(f"{message} (see --help)")
+from training._cli import Parser, run_command
 
 
 def build_parser():
-    p = _Parser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory written by training.fit")
     p.add_argument("--tasks", type=int, default=600, help="test tasks (and as many OOD tasks)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="classes to draw tasks from")
@@ -84,13 +77,7 @@ def format_table(result):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        run(build_parser().parse_args(argv))
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda args: run(build_parser().parse_args(args)), argv)
 
 
 if __name__ == "__main__":

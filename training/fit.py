@@ -9,8 +9,6 @@ command again resumes from the last checkpoint; a different config on the same
 
 from __future__ import annotations
 
-import argparse
-import os
 import pathlib
 import shutil
 import sys
@@ -18,18 +16,13 @@ import time
 
 from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import JIT_MODES, METHODS, RunConfig
+from training._cli import Parser, run_command
 
 _DEFAULTS = RunConfig()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other user error, instead of usage + message
-        raise UserInputError(f"{message} (see --help)")
-
-
 def build_parser():
-    p = _Parser(prog="python -m training.fit", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m training.fit", description=__doc__.split("\n\n")[0])
     p.add_argument("--method", default=_DEFAULTS.method, choices=METHODS,
                    help="abml: the paper's amortized BNN; baselines: protonet, maml, metasgd, matching")
     data = p.add_argument_group("data")
@@ -206,22 +199,19 @@ def _save_weights(model, path):
     tmp.replace(path)
 
 
-def main(argv=None):
-    # TensorFlow's C++ INFO/WARNING lines bury the progress bar; users can still ask for them.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _fit(argv):
+    config, output, overwrite, verbose, max_minutes = parse_config(argv)
+    check_data(config)
+    prepare_output(config, output, overwrite)
     try:
-        config, output, overwrite, verbose, max_minutes = parse_config(argv)
-        check_data(config)
-        prepare_output(config, output, overwrite)
         train(config, output, verbose, max_minutes)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the last completed epoch is checkpointed; run the same command to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+        print("\nthe last completed epoch is checkpointed; run the same command to resume", file=sys.stderr)
+        raise
+
+
+def main(argv=None):
+    return run_command(_fit, argv)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfp_abml.episodic import EpisodicModel, mean_nll
+from tfp_abml.episodic import LogitModel
 from tfp_abml.inner_loop import sgd_adapt
 
 
-class MAML(EpisodicModel):
+class MAML(LogitModel):
     def __init__(self, encoder, ways, inner_steps=5, inner_lr=0.4, first_order=False, **kwargs):
         super().__init__(ways, **kwargs)
         self.encoder = encoder
@@ -55,15 +55,6 @@ class MAML(EpisodicModel):
             weights = self._adapt(inputs["support_images"][task], support_labels[task])
             per_task.append(self._logits(weights, inputs["query_images"][task]))
         return tf.stack(per_task)
-
-    def episode(self, inputs, query_labels, training):
-        logits = self.logits(inputs, training)
-        nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.cast(query_labels, tf.int32), logits=logits))
-        return {"loss": nll, "nll": nll, "probabilities": tf.nn.softmax(logits)}
-
-    def predict_episode(self, inputs, training=False):
-        return tf.nn.softmax(self.logits(inputs, training))
 
 
 class MetaSGD(MAML):

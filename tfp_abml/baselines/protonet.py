@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfp_abml.episodic import EpisodicModel, embed_tasks, split_support_query
+from tfp_abml.episodic import LogitModel, embed_tasks, split_support_query
 from tfp_abml.task_encoding import class_means
 
 
-class PrototypicalNetwork(EpisodicModel):
+class PrototypicalNetwork(LogitModel):
     def __init__(self, encoder, ways, transductive_batch_norm=True, **kwargs):
         super().__init__(ways, **kwargs)
         self.encoder = encoder
@@ -26,12 +26,3 @@ class PrototypicalNetwork(EpisodicModel):
         support, query = split_support_query(embeddings, inputs)
         prototypes = class_means(support, tf.cast(inputs["support_labels"], tf.int32), self.ways)
         return -tf.reduce_sum(tf.square(query[:, :, None, :] - prototypes[:, None, :, :]), axis=-1)
-
-    def episode(self, inputs, query_labels, training):
-        logits = self.logits(inputs, training)
-        nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.cast(query_labels, tf.int32), logits=logits))
-        return {"loss": nll, "nll": nll, "probabilities": tf.nn.softmax(logits)}
-
-    def predict_episode(self, inputs, training=False):
-        return tf.nn.softmax(self.logits(inputs, training))

@@ -1,0 +1,35 @@
+"""What every command-line tool here shares: one-line errors for users, quiet TensorFlow logs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tfp_abml.errors import UserInputError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag raises UserInputError: one line, like every other user error."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        raise UserInputError(f"{message} (see --help)")
+
+
+def run_command(body, argv=None):
+    """Run ``body(argv)``; a UserInputError becomes ``error: ...`` on stderr and exit code 2."""
+    # TensorFlow's C++ INFO/WARNING lines bury the progress bar; users can still ask for them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        body(argv)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
