@@ -64,13 +64,33 @@ class TrainingState:
 
 
 def checkpoint_callback(state: TrainingState, history_path, previous_history=None):
-    """A Keras callback that saves ``state`` and appends to ``history.json`` after each epoch."""
+    """A Keras callback that saves ``state`` and appends to ``history.json`` after each epoch.
+
+    A NaN or infinite loss stops training at once; that epoch is not saved (its weights are
+    broken), and ``fault`` on the callback says where it happened.
+    """
+    import math
+
     import keras
 
     history = {key: list(values) for key, values in (previous_history or {}).items()}
 
     class _Checkpoint(keras.callbacks.Callback):
+        fault = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)) and self.fault is None:
+                self.fault = (f"the loss became {float(loss)} at step {batch + 1} of epoch {self.epoch + 1}; "
+                              f"nothing from that epoch was saved, the last checkpoint is after epoch {self.epoch}")
+                self.model.stop_training = True
+
         def on_epoch_end(self, epoch, logs=None):
+            if self.fault is not None:
+                return
             state.save(epoch + 1)
             history.setdefault("epoch", []).append(epoch + 1)
             for key, value in (logs or {}).items():

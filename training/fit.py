@@ -176,7 +176,8 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     if val_sampler is not None:
         val_data = episode_dataset(val_sampler, config.meta_batch,
                                    episodes=max(config.val_tasks // config.meta_batch, 1) * config.meta_batch)
-    callbacks = [checkpoint_callback(state, output / "history.json", history),
+    saver = checkpoint_callback(state, output / "history.json", history)
+    callbacks = [saver,
                  keras.callbacks.TensorBoard(log_dir=str(output / "logs"))]
     if max_minutes:
         callbacks.append(_time_budget(max_minutes))
@@ -185,6 +186,9 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
                        steps_per_epoch=config.steps_per_epoch, validation_data=val_data,
                        callbacks=callbacks, verbose=verbose, shuffle=False)
     elapsed = time.perf_counter() - start
+    if saver.fault:
+        raise UserInputError(f"training stopped: {saver.fault}. Likely causes: --inner-lr or --learning-rate "
+                             "too large; lower them and start over with --overwrite")
     trained = len(result.epoch) * episodes_per_epoch
     _save_weights(model, output / "model.weights.h5")
     if verbose:

@@ -95,3 +95,12 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path):
     path.write_text(json.dumps({"kl_scale": 0.01, "inner_steps": 1, "inner_lr": 1.0}))
     config, *_ = fit.parse_config(["--config", str(path), "--inner-lr", "0.7"])
     assert (config.kl_scale, config.inner_steps, config.inner_lr) == (0.01, 1, 0.7)
+
+
+def test_a_non_finite_loss_stops_training_and_saves_nothing_broken(tmp_path, data_dir, capsys):
+    output = tmp_path / "run"
+    assert _fit(output, data_dir, "--epochs", "2", "--inner-lr", "1e30", "--steps-per-epoch", "3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the loss became nan at step 1 of epoch 1" in err[0] and "--inner-lr" in err[0]
+    assert not (output / "checkpoints" / "checkpoint").exists()
+    assert not (output / "model.weights.h5").exists()
