@@ -67,7 +67,7 @@ class AmortizedBNN(EpisodicModel):
     extra_metrics = ("kl",)
 
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
-                 kl_scale=1e-4, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
+                 kl_scale=1e-6, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
                  transductive_batch_norm=True, task_encoder=None, seed=None, **kwargs):
         super().__init__(ways, **kwargs)
         self.encoder = encoder

@@ -1,0 +1,49 @@
+"""Export a trained run as a SavedModel for TF Serving: ``python -m training.export --run DIR --output PATH``.
+
+The SavedModel's ``serving_default`` signature takes one task (``support_images``,
+``support_labels``, ``query_images``) and returns ``probabilities``; see ``tfp_abml.export``.
+Serve it with TF Serving, e.g.::
+
+    docker run -p 8501:8501 -v "$PWD/savedmodels/omniglot-5w1s:/models/omniglot-5w1s" \\
+        -e MODEL_NAME=omniglot-5w1s tensorflow/serving
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tfp_abml.errors import UserInputError
+from training._cli import Parser, run_command
+
+
+def build_parser():
+    p = Parser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run directory written by training.fit")
+    p.add_argument("--output", required=True, help="SavedModel folder, e.g. savedmodels/omniglot-5w1s/1")
+    p.add_argument("--samples", type=int, default=None,
+                   help="posterior samples baked into the signature (Bayesian model); default the run's")
+    p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    return p
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)
+    from tfp_abml.checkpointing import load_run
+    from tfp_abml.export import export_saved_model
+
+    if args.samples is not None and args.samples < 1:
+        raise UserInputError(f"--samples must be >= 1, got {args.samples}")
+    config, model = load_run(args.run, data_dir=args.data_dir)
+    if args.samples is not None and hasattr(model, "eval_samples"):
+        model.eval_samples = args.samples
+    path = export_saved_model(model, config.resolved_image_size, args.output)
+    print(f"wrote {path}: serving_default(support_images, support_labels, query_images) -> probabilities "
+          f"[{config.ways}-way, {config.method}]")
+
+
+def main(argv=None):
+    return run_command(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
