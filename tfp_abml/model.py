@@ -82,8 +82,8 @@ class AmortizedBNN(EpisodicModel):
                                             noise_dim=noise_dim, initial_scale=initial_scale,
                                             seed=_seed(seed, 2), name="posterior")
         self.flipout_seed = keras.random.SeedGenerator(_seed(seed, 3), name="flipout_seed")
-        # Raw Conv-4 embeddings have norms near 10: inner SGD at the paper's step sizes (0.5, 1.0)
-        # diverges on them. Unit-norm embeddings times a learned scale start stable and let the
+        # Raw Conv-4 embeddings are far from unit norm: inner SGD at the paper's step sizes (0.5, 1.0)
+        # diverged on them. Unit-norm embeddings times a learned scale start stable and let the
         # outer loop choose how fast the inner loop moves.
         self.embedding_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(initial_embedding_scale),
                                                name="embedding_scale")
