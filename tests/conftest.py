@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def omniglot_data_dir():
     """The data directory the tests read: $TFP_ABML_DATA_DIR, else ../shared/data beside the repo."""
     configured = os.environ.get("TFP_ABML_DATA_DIR")
-    path = pathlib.Path(configured) if configured else REPO.parent / "shared" / "data"
+    path = (pathlib.Path(configured) if configured else REPO.parent / "shared" / "data").resolve()
     if not (path / "omniglot" / "images_background.zip").is_file():
         pytest.fail(f"Omniglot archives not found under {path}: set TFP_ABML_DATA_DIR to the shared data folder")
     return path
