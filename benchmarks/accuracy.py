@@ -14,7 +14,6 @@ Runs go to ``--runs-dir`` (default ``runs/benchmark``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -49,7 +48,7 @@ def parse_setting(text):
 
 def run_method(method, ways, shots, args):
     from tfp_abml.checkpointing import load_run, read_json
-    from tfp_abml.evaluation import evaluate
+    from tfp_abml.evaluation import evaluate_run
     from tfp_abml.run_config import RunConfig
     from training.fit import prepare_output, train
 
@@ -63,10 +62,7 @@ def run_method(method, ways, shots, args):
     train_seconds = time.perf_counter() - start
     epochs = read_json(output / "history.json")["epoch"][-1]
     config, model = load_run(output)
-    eval_seed = 2_000_003 + args.seed
-    ood = dataclasses.replace(config, ways=2 * ways)
-    result = evaluate(model, config.sampler("test", seed=eval_seed), ood.sampler("test", seed=eval_seed + 1),
-                      tasks=args.tasks, meta_batch=config.meta_batch, progress=bool(args.verbose))
+    result = evaluate_run(config, model, "test", args.tasks, args.seed, progress=bool(args.verbose))
     for key in ("probabilities", "labels"):
         result.pop(key)
     result.update(method=method, train_seconds=round(train_seconds, 1),

@@ -110,7 +110,6 @@ def load_run(run_dir, **overrides):
 
     import tensorflow as tf
 
-    from tfp_abml.data import episode_dataset
     from tfp_abml.errors import UserInputError
     from tfp_abml.run_config import RunConfig
 
@@ -127,7 +126,6 @@ def load_run(run_dir, **overrides):
     if latest is None:
         raise UserInputError(f"{run_dir} has no checkpoint yet: train at least one epoch first")
     model = config.build_model()
-    sample_inputs, _ = next(iter(episode_dataset(config.sampler("val"), 1)))
-    model(sample_inputs)
+    model(config.example_inputs())  # create the variables the checkpoint restores into
     tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
     return config, model

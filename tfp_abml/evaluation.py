@@ -13,9 +13,14 @@ Two passes over seeded tasks of the evaluation split:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from tfp_abml import metrics
+
+# Evaluation tasks are drawn with seeds far from the training (seed) and validation streams.
+EVALUATION_SEED_OFFSET = 2_000_003
 
 
 def _batches(sampler, tasks, meta_batch):
@@ -69,3 +74,11 @@ def evaluate(model, sampler, ood_sampler=None, tasks=600, meta_batch=4, samples=
             score = metrics.entropy(p)
             result["predictions"][name]["ood_auroc"] = metrics.auroc(score[outside], score[~outside])
     return result
+
+
+def evaluate_run(config, model, split="test", tasks=600, seed=0, samples=None, ood=True, progress=True):
+    """:func:`evaluate` on the seeded tasks of ``split`` for a run's ``config`` (plus 2N-way OOD tasks)."""
+    task_seed = EVALUATION_SEED_OFFSET + seed
+    ood_sampler = dataclasses.replace(config, ways=2 * config.ways).sampler(split, seed=task_seed + 1) if ood else None
+    return evaluate(model, config.sampler(split, seed=task_seed), ood_sampler, tasks=tasks,
+                    meta_batch=config.meta_batch, samples=samples, progress=progress)

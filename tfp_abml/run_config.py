@@ -156,6 +156,15 @@ class RunConfig:
                             first_order=self.first_order, eval_samples=self.eval_samples,
                             initial_scale=self.initial_scale, seed=self.seed)
 
+    def example_inputs(self):
+        """A one-task batch of zeros in the model's input layout: enough to create its variables."""
+        import tensorflow as tf
+
+        size = self.resolved_image_size
+        return {"support_images": tf.zeros((1, self.ways * self.shots, size, size, 1)),
+                "support_labels": tf.repeat(tf.range(self.ways, dtype=tf.int32), self.shots)[None],
+                "query_images": tf.zeros((1, self.ways * self.queries, size, size, 1))}
+
     def sampler(self, split, seed=None):
         from tfp_abml.data import make_sampler
 

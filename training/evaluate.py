@@ -10,7 +10,6 @@ from classes absent from the support set. Writes ``DIR/eval_<split>.json`` and
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import sys
 
@@ -36,7 +35,7 @@ def build_parser():
 
 def run(args):
     from tfp_abml.checkpointing import load_run, write_json_atomic
-    from tfp_abml.evaluation import evaluate
+    from tfp_abml.evaluation import evaluate_run
     from tfp_abml.metrics import ECE_BINS, plot_reliability
 
     for flag in ("tasks", "samples", "ways", "shots", "queries"):
@@ -46,13 +45,8 @@ def run(args):
     run_dir = pathlib.Path(args.run)
     config, model = load_run(run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
                              data_dir=args.data_dir)
-    seed = 2_000_003 + args.seed  # tasks independent of the training and validation streams
-    sampler = config.sampler(args.split, seed=seed)
-    ood_sampler = None
-    if not args.no_ood:
-        ood_sampler = dataclasses.replace(config, ways=2 * config.ways).sampler(args.split, seed=seed + 1)
-    result = evaluate(model, sampler, ood_sampler, tasks=args.tasks, meta_batch=config.meta_batch,
-                      samples=args.samples, progress=bool(args.verbose))
+    result = evaluate_run(config, model, args.split, args.tasks, args.seed, args.samples, ood=not args.no_ood,
+                          progress=bool(args.verbose))
     curves = {name: (p, result["labels"]) for name, p in result.pop("probabilities").items()}
     result.pop("labels")
     result.update(method=config.method, split=args.split, seed=args.seed, ece_bins=ECE_BINS,

@@ -155,8 +155,7 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     val_sampler = config.sampler("val", seed=config.seed + 1_000_003) if config.val_tasks else None
 
     model = config.compiled_model()
-    sample_inputs, _ = next(iter(episode_dataset(train_sampler, 1)))
-    model(sample_inputs)  # creates the variables, which the optimizer and checkpoint need
+    model(config.example_inputs())  # creates the variables, which the optimizer and checkpoint need
     state = TrainingState(model, output / "checkpoints")
     write_json_atomic(output / "config.json", config.to_dict())
 
