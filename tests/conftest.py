@@ -24,6 +24,15 @@ def data_dir():
     return omniglot_data_dir()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tfds_dir(tmp_path_factory):
+    """Datasets prepared through TFDS go to a folder of this session (subprocesses inherit it), never to
+    ~/tensorflow_datasets; set TFP_ABML_TFDS_DIR yourself to keep prepared copies between sessions."""
+    if not os.environ.get("TFP_ABML_TFDS_DIR"):
+        os.environ["TFP_ABML_TFDS_DIR"] = str(tmp_path_factory.mktemp("tensorflow_datasets"))
+    return pathlib.Path(os.environ["TFP_ABML_TFDS_DIR"])
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     import keras

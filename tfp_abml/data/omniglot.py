@@ -10,7 +10,9 @@ Where the data comes from, first match wins:
 
 1. ``data_dir`` (the ``--data-dir`` flag), else the ``TFP_ABML_DATA_DIR``
    environment variable: the two zips, or their extracted folders, in
-   ``<data_dir>/omniglot/`` or directly in ``<data_dir>/``.
+   ``<data_dir>/omniglot/`` or directly in ``<data_dir>/``. They are prepared
+   once through the local TFDS builder ``omniglot_local`` (``manual_dir``; see
+   ``tfp_abml.data.tfds_builders``) and read back through TFDS.
 2. Neither given: TFDS's ``omniglot`` builder, which downloads the same archives.
 
 Images are decoded once per process and per size, resized with area averaging
@@ -145,9 +147,9 @@ def _assemble(records, size):
 
 @functools.lru_cache(maxsize=4)
 def _load_local(data_dir: pathlib.Path, size: int):
-    sources = find_sources(data_dir)
-    records = (r for name in ARCHIVES for r in _read_pngs(sources[name]))
-    return _assemble(records, size)
+    from tfp_abml.data.tfds_builders import omniglot_local  # imports TFDS: only when images are needed
+
+    return _assemble(omniglot_local.records(data_dir), size)
 
 
 @functools.lru_cache(maxsize=4)
