@@ -46,28 +46,35 @@ def parse_setting(text):
     return int(match[1]), int(match[2])
 
 
-def run_method(method, ways, shots, args):
+def train_and_evaluate(config, output, minutes=None, tasks=600, seed=0, verbose=2):
+    """Train ``config`` from scratch in ``output`` (for its epochs, or until ``minutes`` of wall clock),
+    then evaluate on ``tasks`` seeded test tasks (plus as many OOD tasks); returns the scores."""
     from tfp_abml.checkpointing import load_run, read_json
     from tfp_abml.evaluation import evaluate_run
-    from tfp_abml.run_config import RunConfig
     from training.fit import prepare_output, train
+
+    prepare_output(config, output, overwrite=True)
+    start = time.perf_counter()
+    train(config, output, verbose=verbose, max_minutes=minutes)
+    train_seconds = time.perf_counter() - start
+    epochs = read_json(output / "history.json")["epoch"][-1]
+    config, model = load_run(output)
+    result = evaluate_run(config, model, "test", tasks, seed, progress=bool(verbose))
+    for key in ("probabilities", "labels"):
+        result.pop(key)
+    result.update(method=config.method, train_seconds=round(train_seconds, 1),
+                  train_episodes=epochs * config.steps_per_epoch * config.meta_batch, config=config.to_dict())
+    return result
+
+
+def run_method(method, ways, shots, args):
+    from tfp_abml.run_config import RunConfig
 
     config = RunConfig(method=method, ways=ways, shots=shots, queries=args.queries, encoder=args.encoder,
                        meta_batch=args.meta_batch, epochs=100_000, steps_per_epoch=args.steps_per_epoch,
                        val_tasks=0, seed=args.seed, data_dir=args.data_dir).validate()
     output = pathlib.Path(args.runs_dir) / f"{ways}w{shots}s-{method}"
-    prepare_output(config, output, overwrite=True)
-    start = time.perf_counter()
-    train(config, output, verbose=args.verbose, max_minutes=args.minutes)
-    train_seconds = time.perf_counter() - start
-    epochs = read_json(output / "history.json")["epoch"][-1]
-    config, model = load_run(output)
-    result = evaluate_run(config, model, "test", args.tasks, args.seed, progress=bool(args.verbose))
-    for key in ("probabilities", "labels"):
-        result.pop(key)
-    result.update(method=method, train_seconds=round(train_seconds, 1),
-                  train_episodes=epochs * config.steps_per_epoch * config.meta_batch, config=config.to_dict())
-    return result
+    return train_and_evaluate(config, output, args.minutes, args.tasks, args.seed, args.verbose)
 
 
 def headline(result):

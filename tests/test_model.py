@@ -26,10 +26,11 @@ def test_call_returns_query_probabilities(train_sampler):
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_outer_gradient_reaches_encoder_posterior_and_scale(train_sampler, first_order):
+@pytest.mark.parametrize("first_order, variant", [
+    (False, {}), (True, {}), (False, {"posterior": "aligned", "learn_inner_lr": True})])
+def test_outer_gradient_reaches_encoder_posterior_and_scale(train_sampler, first_order, variant):
     inputs, labels = next(iter(episode_dataset(train_sampler, 2)))
-    model = _model(kl_scale=1e-3, first_order=first_order, inner_steps=2)
+    model = _model(kl_scale=1e-3, first_order=first_order, inner_steps=2, **variant)
     model(inputs)
     with tf.GradientTape() as tape:
         loss = model.episode(inputs, labels, training=True)["loss"]
@@ -79,3 +80,51 @@ def test_fit_lowers_the_query_loss_on_real_omniglot(train_sampler):
     result = model.evaluate(episode_dataset(train_sampler, 4, start=10_000, episodes=20), verbose=0,
                             return_dict=True)
     assert set(result) == {"loss", "nll", "kl", "accuracy"} and result["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("hidden_units", [(16,), ()])
+def test_aligned_output_is_a_prototype_classifier_before_the_inner_loop(train_sampler, hidden_units):
+    """Mean logits of the aligned posterior = -a |g(x) - p_n|^2 + (a term shared by all classes)."""
+    inputs, _ = next(iter(episode_dataset(train_sampler, 2)))
+    model = _model(posterior="aligned", hidden_units=hidden_units)
+    embeddings = model.embed(inputs["support_images"], training=True)
+    labels = tf.cast(inputs["support_labels"], tf.int32)
+    queries = model.embed(inputs["query_images"], training=True)
+    params = model.initial_posterior(embeddings, labels)
+    logits = model.head(queries, params, mean_only=True)
+
+    def features(x):
+        for layer in params[:-1]:
+            x = tf.nn.relu(model.head.dense(x, layer, mean_only=True))
+        return x
+
+    prototypes = tf.stack([tf.reduce_mean(tf.boolean_mask(features(embeddings)[t], labels[t] == n), axis=0)
+                           for t in range(2) for n in range(5)])
+    prototypes = tf.reshape(prototypes, (2, 5, -1))
+    distances = tf.reduce_sum(tf.square(features(queries)[:, :, None] - prototypes[:, None]), axis=-1)
+    shared = (logits + model.prototype_scale * distances).numpy()  # [T, M, N]: equal across n
+    np.testing.assert_allclose(shared, np.repeat(shared[..., :1], 5, axis=-1), rtol=1e-4, atol=1e-3)
+    # The LSTM emits one scale per input unit of the output layer, shared by the classes.
+    scales = params[-1].kernel_rho.numpy()
+    np.testing.assert_array_equal(scales, np.repeat(scales[..., :1], 5, axis=-1))
+
+
+def test_learned_inner_rates_start_at_inner_lr_and_change_the_adaptation(train_sampler):
+    inputs, _ = next(iter(episode_dataset(train_sampler, 2)))
+    model = _model(posterior="aligned", learn_inner_lr=True, inner_lr=0.5)
+    model(inputs)
+    np.testing.assert_allclose([float(r) for r in model.inner_learning_rates()], 0.5, rtol=1e-6)
+    embeddings = model.embed(inputs["support_images"], training=True)
+    labels = tf.cast(inputs["support_labels"], tf.int32)
+    generators = [model.posterior.seed_generator, model.task_encoder.seed_generator, model.flipout_seed]
+    states = [g.state.numpy() for g in generators]
+
+    def adapted_output_bias():
+        for generator, state in zip(generators, states):  # the same noise for both calls
+            generator.state.assign(state)
+        return model.adapted_posterior(embeddings, labels)[-1].bias_loc.numpy()
+
+    before = adapted_output_bias()
+    np.testing.assert_array_equal(before, adapted_output_bias())
+    model.inner_log_lrs[-2].assign(np.log(2.0))  # the output layer's bias means
+    assert not np.allclose(before, adapted_output_bias(), atol=1e-5)

@@ -31,11 +31,16 @@ class BayesianMLP:
     def num_weights(self):
         return sum(i * o + o for i, o in self.layer_shapes)
 
+    @staticmethod
+    def dense(inputs, layer, seed=None, mean_only=False):
+        """One layer's pre-activations under its posterior ``layer`` (Flipout, or the means)."""
+        return flipout_dense(inputs, layer, seed=seed, mean_only=mean_only)
+
     def __call__(self, inputs, params, seed=None, mean_only=False):
         """Logits ``[T, M, outputs]`` for inputs ``[T, M, input_dim]`` under posteriors ``params``."""
         hidden = inputs
         for depth, layer in enumerate(params):
-            hidden = flipout_dense(hidden, layer, seed=seed, mean_only=mean_only)
+            hidden = self.dense(hidden, layer, seed=seed, mean_only=mean_only)
             if depth < len(params) - 1:
                 hidden = tf.nn.relu(hidden)
         return hidden

@@ -19,6 +19,26 @@ At evaluation (``test_step``, ``call``) the query prediction is the posterior
 predictive ``mean_s softmax(f(x; W_s))`` over ``eval_samples`` Flipout draws
 from the adapted posterior.
 
+Two posterior variants (``posterior=``):
+
+* ``"paper"``: the LSTM emits the means and scales of every layer, output layer
+  included, from h0 (class means in a random order) -- as in the paper.
+* ``"aligned"``: the LSTM emits the hidden layers as above, but the output layer
+  class-symmetrically (zero means, shared scales); its means come from the
+  labelled support set, as the linear form of a prototype classifier in the
+  last hidden layer's features ``g`` (computed with the hidden posterior means)::
+
+      p_n = mean_{x in class n} g(x),   kernel_loc[:, n] = 2 a p_n,   bias_loc[n] = -a |p_n|^2
+
+  so that ``logit_n = -a |g(x) - p_n|^2`` up to a term shared by all classes
+  (Snell et al., 2017; Triantafillou et al., 2020, "Proto-MAML"), with ``a`` learned.
+  Output unit n is then class n from the start, which the random class order of
+  h0 cannot give (the paper reports chance accuracy without inner steps).
+
+With ``learn_inner_lr`` every posterior tensor (kernel/bias loc/rho of each layer)
+gets its own learned inner step size, initialised at ``inner_lr`` (Meta-SGD's idea,
+one rate per tensor rather than per weight).
+
 Inputs are the dicts of :mod:`tfp_abml.data.pipeline`: ``support_images``
 ``[T, N*K, H, W, C]``, ``support_labels`` ``[T, N*K]`` (0..N-1),
 ``query_images`` ``[T, M, H, W, C]``; targets are ``query_labels`` ``[T, M]``.
@@ -29,11 +49,15 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+import dataclasses
+import math
+
 from tfp_abml.bayesian_head import BayesianMLP
 from tfp_abml.episodic import EpisodicModel, embed_tasks, mean_nll, split_support_query
 from tfp_abml.inner_loop import sgd_adapt
 from tfp_abml.posterior import AmortizedPosterior
-from tfp_abml.task_encoding import ClassMeanConcat
+from tfp_abml.run_config import POSTERIORS
+from tfp_abml.task_encoding import ClassMeanConcat, class_means
 
 
 def _seed(seed, offset):
@@ -61,6 +85,8 @@ class AmortizedBNN(EpisodicModel):
         averages, which lag the fast-changing encoder early in training.
       task_encoder: layer ``(embeddings [T, M, D], labels [T, M]) -> h0 [T, N * D]``;
         default :class:`tfp_abml.task_encoding.ClassMeanConcat`.
+      posterior: ``"paper"`` or ``"aligned"`` (output means from class prototypes; see above).
+      learn_inner_lr: learn one inner step size per posterior tensor.
       seed: int seed for the model's random streams (None: unseeded).
     """
 
@@ -68,8 +94,12 @@ class AmortizedBNN(EpisodicModel):
 
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
                  kl_scale=1e-6, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
-                 transductive_batch_norm=True, task_encoder=None, seed=None, **kwargs):
+                 transductive_batch_norm=True, task_encoder=None, posterior="paper", learn_inner_lr=False, seed=None,
+                 **kwargs):
         super().__init__(ways, **kwargs)
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+        self.posterior_kind = posterior
         self.encoder = encoder
         self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
         self.kl_scale, self.first_order = float(kl_scale), bool(first_order)
@@ -80,6 +110,7 @@ class AmortizedBNN(EpisodicModel):
         self.head = BayesianMLP(embedding_dim, hidden_units, self.ways)
         self.posterior = AmortizedPosterior(self.head.layer_shapes, units=self.ways * embedding_dim,
                                             noise_dim=noise_dim, initial_scale=initial_scale,
+                                            symmetric_output=posterior == "aligned",
                                             seed=_seed(seed, 2), name="posterior")
         self.flipout_seed = keras.random.SeedGenerator(_seed(seed, 3), name="flipout_seed")
         # Raw Conv-4 embeddings are far from unit norm: inner SGD at the paper's step sizes (0.5, 1.0)
@@ -87,6 +118,13 @@ class AmortizedBNN(EpisodicModel):
         # outer loop choose how fast the inner loop moves.
         self.embedding_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(initial_embedding_scale),
                                                name="embedding_scale")
+        if posterior == "aligned":
+            self.prototype_scale = self.add_weight(shape=(), initializer="ones", name="prototype_scale")
+        self.inner_log_lrs = None
+        if learn_inner_lr:
+            self.inner_log_lrs = [self.add_weight(shape=(), name=f"inner_log_lr_{i}",
+                                                  initializer=keras.initializers.Constant(math.log(self.inner_lr)))
+                                  for i in range(4 * self.head.num_layers)]
 
     # -- the method, step by step -------------------------------------------------------------
 
@@ -101,13 +139,36 @@ class AmortizedBNN(EpisodicModel):
         return tf.reduce_sum(tf.reduce_mean(
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=support_labels, logits=logits), axis=1))
 
+    def aligned_output(self, params, support_embeddings, support_labels):
+        """``params`` with the output layer's means set from the class prototypes (see module doc)."""
+        features = support_embeddings
+        for layer in params[:-1]:
+            features = tf.nn.relu(self.head.dense(features, layer, mean_only=True))
+        prototypes = class_means(features, support_labels, self.ways)  # [T, N, F]
+        output = dataclasses.replace(
+            params[-1],
+            kernel_loc=params[-1].kernel_loc + 2.0 * self.prototype_scale * tf.transpose(prototypes, (0, 2, 1)),
+            bias_loc=params[-1].bias_loc - self.prototype_scale * tf.reduce_sum(tf.square(prototypes), axis=-1))
+        return [*params[:-1], output]
+
+    def initial_posterior(self, support_embeddings, support_labels):
+        """Posterior before the inner loop: list of DenseParams, one per BNN layer."""
+        params = self.posterior(self.task_encoder(support_embeddings, support_labels))
+        if self.posterior_kind == "aligned":
+            params = self.aligned_output(params, support_embeddings, support_labels)
+        return params
+
+    def inner_learning_rates(self):
+        if self.inner_log_lrs is None:
+            return self.inner_lr
+        return [tf.exp(log_lr) for log_lr in self.inner_log_lrs]
+
     def adapted_posterior(self, support_embeddings, support_labels):
         """Posterior after the inner loop: list of DenseParams, one per BNN layer."""
-        h0 = self.task_encoder(support_embeddings, support_labels)
-        initial = BayesianMLP.flatten(self.posterior(h0))
+        initial = BayesianMLP.flatten(self.initial_posterior(support_embeddings, support_labels))
         adapted = sgd_adapt(initial, lambda flat: self.support_loss(BayesianMLP.unflatten(flat), support_embeddings,
                                                                     support_labels),
-                            self.inner_steps, self.inner_lr, self.first_order)
+                            self.inner_steps, self.inner_learning_rates(), self.first_order)
         return BayesianMLP.unflatten(adapted)
 
     def predictive(self, params, query_embeddings, samples):

@@ -11,6 +11,13 @@ paper) at every step::
 posterior is mean-field given the noise, while the recurrence lets layer l's
 posterior depend on what was emitted for the layers before it -- the
 "sequential nature" of a BNN the paper builds on.
+
+With ``symmetric_output=True`` the last step emits an output layer that treats
+every class alike: zero means and one scale per input unit (kernel) and one for
+all biases. h0 concatenates the class means in a random order, so the LSTM cannot
+know which output unit belongs to which label; whatever it emits per unit is
+noise to the classifier. The model then sets the output means from the labelled
+class prototypes (:meth:`tfp_abml.model.AmortizedBNN.aligned_output`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ class AmortizedPosterior(keras.layers.Layer):
     """``h0 [T, units]`` -> list of :class:`DenseParams`, one per BNN layer in ``layer_shapes``."""
 
     def __init__(self, layer_shapes, units, noise_dim=32, initial_scale=0.01, head_multiplier=0.1, seed=None,
-                 **kwargs):
+                 symmetric_output=False, **kwargs):
         super().__init__(**kwargs)
         # Each head maps `units` LSTM outputs to thousands of weights; one Adam step of size lr on
         # every head weight moves every generated weight by about lr * units * |o|, coherently --
@@ -35,16 +42,21 @@ class AmortizedPosterior(keras.layers.Layer):
         self.head_multiplier = float(head_multiplier)
         self.layer_shapes = [tuple(s) for s in layer_shapes]
         self.units, self.noise_dim = int(units), int(noise_dim)
+        self.symmetric_output = bool(symmetric_output)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.cell = keras.layers.LSTMCell(self.units, name="lstm_cell")
         rho_bias = float(rho_from_scale(initial_scale))
         self.loc_heads, self.rho_heads = [], []
         for index, (fan_in, fan_out) in enumerate(self.layer_shapes):
             size = fan_in * fan_out + fan_out
-            self.loc_heads.append(keras.layers.Dense(
-                size, kernel_initializer=keras.initializers.VarianceScaling(
-                    1.0 / self.head_multiplier ** 2, mode="fan_avg", distribution="uniform"),
-                name=f"loc_head_{index}"))
+            if self.symmetric_output and index == len(self.layer_shapes) - 1:
+                size = fan_in + 1  # one rho per input unit, one for the biases; no means
+                self.loc_heads.append(None)
+            else:
+                self.loc_heads.append(keras.layers.Dense(
+                    size, kernel_initializer=keras.initializers.VarianceScaling(
+                        1.0 / self.head_multiplier ** 2, mode="fan_avg", distribution="uniform"),
+                    name=f"loc_head_{index}"))
             # Small kernel, bias at the initial scale: posteriors start narrow and alike.
             self.rho_heads.append(keras.layers.Dense(
                 size, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3 / self.head_multiplier),
@@ -54,7 +66,8 @@ class AmortizedPosterior(keras.layers.Layer):
     def build(self, input_shape):
         self.cell.build((None, self.noise_dim))
         for loc_head, rho_head in zip(self.loc_heads, self.rho_heads):
-            loc_head.build((None, self.units))
+            if loc_head is not None:
+                loc_head.build((None, self.units))
             rho_head.build((None, self.units))
 
     def call(self, h0):
@@ -64,8 +77,14 @@ class AmortizedPosterior(keras.layers.Layer):
         for (fan_in, fan_out), loc_head, rho_head in zip(self.layer_shapes, self.loc_heads, self.rho_heads):
             noise = keras.random.normal((tasks, self.noise_dim), seed=self.seed_generator)
             output, state = self.cell(noise, state)
-            loc = self.head_multiplier * loc_head(output)
             rho = self.head_multiplier * rho_head(output)
+            if loc_head is None:  # class-symmetric output layer
+                params.append(DenseParams(
+                    kernel_loc=tf.zeros((tasks, fan_in, fan_out)),
+                    kernel_rho=tf.tile(rho[:, :fan_in, None], (1, 1, fan_out)),
+                    bias_loc=tf.zeros((tasks, fan_out)), bias_rho=tf.tile(rho[:, fan_in:], (1, fan_out))))
+                continue
+            loc = self.head_multiplier * loc_head(output)
             split = fan_in * fan_out
             params.append(DenseParams(
                 kernel_loc=tf.reshape(loc[:, :split], (tasks, fan_in, fan_out)),

@@ -14,6 +14,7 @@ from tfp_abml.errors import UserInputError
 
 JIT_MODES = ("auto", "on", "off")
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
+POSTERIORS = ("paper", "aligned")  # tfp_abml.model.POSTERIORS, without importing TensorFlow
 # Outer Adam learning rate when --learning-rate is not given. The amortized posterior's large
 # output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
@@ -35,6 +36,8 @@ class RunConfig:
     embedding_dim: int = 64
     encoder_weights: str | None = None
     hidden_units: tuple = (64,)
+    posterior: str = "paper"  # abml: "paper" or "aligned" (output means from class prototypes)
+    learn_inner_lr: bool = False  # abml: one learned inner step size per posterior tensor
     noise_dim: int = 32
     inner_steps: int = 5
     inner_lr: float = 0.5
@@ -65,6 +68,8 @@ class RunConfig:
             raise UserInputError(f"unknown dataset {self.dataset!r}: use --dataset {' or '.join(DATASETS)}")
         if self.encoder not in ENCODERS:
             raise UserInputError(f"unknown encoder {self.encoder!r}: use --encoder {' or '.join(ENCODERS)}")
+        if self.posterior not in POSTERIORS:
+            raise UserInputError(f"unknown --posterior {self.posterior!r}: use one of {', '.join(POSTERIORS)}")
         if self.jit not in JIT_MODES:
             raise UserInputError(f"unknown --jit {self.jit!r}: use one of {', '.join(JIT_MODES)}")
         positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
@@ -154,7 +159,8 @@ class RunConfig:
         return AmortizedBNN(encoder, self.ways, hidden_units=self.hidden_units, noise_dim=self.noise_dim,
                             inner_steps=self.inner_steps, inner_lr=self.inner_lr, kl_scale=self.kl_scale,
                             first_order=self.first_order, eval_samples=self.eval_samples,
-                            initial_scale=self.initial_scale, seed=self.seed)
+                            initial_scale=self.initial_scale, posterior=self.posterior,
+                            learn_inner_lr=self.learn_inner_lr, seed=self.seed)
 
     def example_inputs(self):
         """A one-task batch of zeros in the model's input layout: enough to create its variables."""

@@ -15,7 +15,7 @@ import sys
 import time
 
 from tfp_abml.errors import UserInputError
-from tfp_abml.run_config import JIT_MODES, METHODS, RunConfig
+from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, RunConfig
 from training._cli import Parser, run_command
 
 _DEFAULTS = RunConfig()
@@ -43,6 +43,11 @@ def build_parser():
     model.add_argument("--embedding-dim", type=int, default=_DEFAULTS.embedding_dim, help="embedding size D")
     model.add_argument("--hidden-units", type=int, nargs="*", default=list(_DEFAULTS.hidden_units),
                        help="hidden layer widths of the Bayesian MLP")
+    model.add_argument("--posterior", default=_DEFAULTS.posterior, choices=POSTERIORS,
+                       help="abml: 'paper' (LSTM emits every layer) or 'aligned' (output-layer means from "
+                            "the class prototypes, see README)")
+    model.add_argument("--learn-inner-lr", action="store_true",
+                       help="abml: learn one inner step size per posterior tensor, starting at --inner-lr")
     model.add_argument("--noise-dim", type=int, default=_DEFAULTS.noise_dim, help="LSTM noise input size")
     model.add_argument("--initial-scale", type=float, default=_DEFAULTS.initial_scale,
                        help="posterior scale of every BNN weight at initialisation")
