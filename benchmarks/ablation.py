@@ -19,22 +19,8 @@ import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from accuracy import ABML_VARIANTS as VARIANTS  # noqa: E402
 from accuracy import RESULTS, headline, parse_setting, train_and_evaluate  # noqa: E402
-
-# name -> (what changes, RunConfig overrides); each row adds to the paper's method.
-VARIANTS = {
-    "paper": ("the paper's method (our defaults: unit-norm embeddings x learned scale, transductive BN)",
-              {"posterior": "paper"}),
-    "aligned": ("output-layer means from class prototypes, LSTM emits the rest class-symmetrically",
-                {"posterior": "aligned"}),
-    "aligned+lr": ("aligned + a learned inner step size per posterior tensor",
-                   {"posterior": "aligned", "learn_inner_lr": True}),
-    "aligned+lr, no hidden": ("aligned + learned inner lr, Bayesian head without a hidden layer",
-                              {"posterior": "aligned", "learn_inner_lr": True, "hidden_units": ()}),
-    "paper+lr": ("the paper's method + a learned inner step size per posterior tensor",
-                 {"posterior": "paper", "learn_inner_lr": True}),
-}
-
 
 def write_table(path, results):
     rows = ["| variant | change | acc. (95% CI) | ECE | NLL | OOD AUROC | mean-weight acc. | train s |",

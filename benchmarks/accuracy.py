@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 METHODS = ("abml", "protonet", "matching", "maml", "metasgd")
-LABELS = {"abml": "Amortized BNN (ours, paper's method)", "protonet": "Prototypical Network",
+LABELS = {"abml": "Amortized BNN (ours) [variant]", "protonet": "Prototypical Network",
           "matching": "Matching Network", "maml": "MAML", "metasgd": "Meta-SGD"}
 # Table 1 of the paper (Omniglot; the baselines' numbers are those their papers published).
 REPORTED = {
@@ -37,6 +37,22 @@ REPORTED = {
     "Amortized BNN, 5 inner steps (paper)": {"5w1s": 87.4, "5w5s": 86.1, "20w1s": 54.3, "20w5s": 54.7},
 }
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
+# Variants of the amortized BNN (benchmarks/ablation.py): name -> (what changes, RunConfig overrides).
+ABML_VARIANTS = {
+    "paper": ("the paper's method (our defaults: unit-norm embeddings x learned scale, transductive BN)",
+              {"posterior": "paper"}),
+    "aligned": ("output-layer means from class prototypes, LSTM emits the rest class-symmetrically",
+                {"posterior": "aligned"}),
+    "aligned+lr": ("aligned + a learned inner step size per posterior tensor",
+                   {"posterior": "aligned", "learn_inner_lr": True}),
+    "aligned+lr, no hidden": ("aligned + learned inner lr, Bayesian head without a hidden layer",
+                              {"posterior": "aligned", "learn_inner_lr": True, "hidden_units": ()}),
+    "paper+lr": ("the paper's method + a learned inner step size per posterior tensor",
+                 {"posterior": "paper", "learn_inner_lr": True}),
+    "aligned+lr, pool": ("aligned + learned inner lr, LSTM state from the mean and spread of the class means "
+                         "(size 2D, not N x D)",
+                         {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "pool"}),
+}
 
 
 def parse_setting(text):
@@ -70,11 +86,16 @@ def train_and_evaluate(config, output, minutes=None, tasks=600, seed=0, verbose=
 def run_method(method, ways, shots, args):
     from tfp_abml.run_config import RunConfig
 
+    epochs = 100_000 if args.episodes is None else max(args.episodes // (args.meta_batch * args.steps_per_epoch), 1)
+    variant = ABML_VARIANTS[args.abml_variant][1] if method == "abml" else {}
     config = RunConfig(method=method, ways=ways, shots=shots, queries=args.queries, encoder=args.encoder,
-                       meta_batch=args.meta_batch, epochs=100_000, steps_per_epoch=args.steps_per_epoch,
-                       val_tasks=0, seed=args.seed, data_dir=args.data_dir).validate()
+                       meta_batch=args.meta_batch, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
+                       val_tasks=0, seed=args.seed, data_dir=args.data_dir, **variant).validate()
     output = pathlib.Path(args.runs_dir) / f"{ways}w{shots}s-{method}"
-    return train_and_evaluate(config, output, args.minutes, args.tasks, args.seed, args.verbose)
+    result = train_and_evaluate(config, output, args.minutes, args.tasks, args.seed, args.verbose)
+    if method == "abml":
+        result["variant"] = args.abml_variant
+    return result
 
 
 def headline(result):
@@ -93,6 +114,7 @@ def write_table(path):
     rows += [header, "|" + "---|" * (len(SETTINGS) + 2)]
     for name, values in REPORTED.items():
         rows.append(f"| {name} | reported | " + " | ".join(f"{values[s]:.1f}%" for s in SETTINGS) + " |")
+    variants = set()
     for method in METHODS:
         cells = []
         for setting in SETTINGS:
@@ -102,9 +124,13 @@ def write_table(path):
                 continue
             h = headline(result)
             cells.append(f"{100 * h['accuracy']:.1f} +- {100 * h['accuracy_ci95']:.1f}% ({100 * h['ece']:.1f}%)")
+            if method == "abml":
+                variants.add(result.get("variant", "paper"))
+                cells[-1] += f" [{result.get('variant', 'paper')}]"
         rows.append(f"| {LABELS[method]} | measured | " + " | ".join(cells) + " |")
     budgets = {s: m["budget"] for s, m in measured.items()}
     notes = [f"- {s}: {b}" for s, b in budgets.items()]
+    notes += [f"- abml variant `{v}`: {ABML_VARIANTS[v][0]}" for v in sorted(variants)]
     text = "\n".join(rows) + "\n\nMeasured budgets:\n" + "\n".join(notes) + "\n"
     path.write_text(text)
     return text
@@ -117,7 +143,12 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--settings", nargs="+", default=["5w1s", "5w5s"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--minutes", type=float, default=4.0, help="training budget per method (wall clock)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training budget per method (wall clock); default 4 unless --episodes is given")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="training budget per method in episodes (instead of, or capped by, --minutes)")
+    p.add_argument("--abml-variant", default="paper", choices=list(ABML_VARIANTS),
+                   help="which amortized-BNN variant the abml row trains (see benchmarks/ablation.py)")
     p.add_argument("--tasks", type=int, default=600)
     p.add_argument("--encoder", default="conv4")
     p.add_argument("--queries", type=int, default=15)
@@ -127,12 +158,16 @@ def main(argv=None):
     p.add_argument("--runs-dir", default="runs/benchmark")
     p.add_argument("--verbose", type=int, default=2)
     args = p.parse_args(argv)
+    if args.minutes is None and args.episodes is None:
+        args.minutes = 4.0
     settings = [(s, *parse_setting(s)) for s in args.settings]
 
     for name, ways, shots in settings:
         path = RESULTS / f"omniglot_{name}.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
-        budget = (f"{args.minutes:g} min wall-clock training per method on {platform.machine()} with "
+        limits = [f"{args.minutes:g} min wall-clock" if args.minutes else "",
+                  f"{args.episodes} episodes" if args.episodes else ""]
+        budget = (f"{' or '.join(x for x in limits if x)} of training per method on {platform.machine()} with "
                   f"{os.cpu_count()} CPU cores, {args.encoder}, meta-batch {args.meta_batch}, {args.queries} queries "
                   f"per class, no validation; {args.tasks} test tasks (95% CI), ECE over 15 bins")
         results = {"budget": budget, "methods": dict(previous.get("methods", {}))}

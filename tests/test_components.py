@@ -8,7 +8,7 @@ from tfp_abml.encoders import build_encoder
 from tfp_abml.errors import UserInputError
 from tfp_abml.flipout import scale_from_rho
 from tfp_abml.posterior import AmortizedPosterior
-from tfp_abml.task_encoding import ClassMeanConcat, class_means
+from tfp_abml.task_encoding import ClassMeanConcat, ClassMeanPool, class_means
 
 
 def test_conv4_embeds_28px_images_in_64_dimensions():
@@ -55,6 +55,19 @@ def test_task_encoding_is_a_random_order_of_the_class_means():
             np.testing.assert_allclose(h0[task], means[task][match], rtol=1e-6)
             orders.add(tuple(match))
     assert len(orders) > 1
+
+
+def test_pooled_task_encoding_is_the_mean_and_spread_of_the_class_means_in_any_label_order():
+    rng = np.random.default_rng(0)
+    embeddings = tf.constant(rng.normal(size=(2, 15, 4)), tf.float32)
+    labels = np.tile(np.repeat(np.arange(5), 3), (2, 1))
+    layer = ClassMeanPool(5)
+    h0 = layer(embeddings, tf.constant(labels, tf.int32)).numpy()
+    means = class_means(embeddings, tf.constant(labels, tf.int32), 5).numpy()
+    np.testing.assert_allclose(h0, np.concatenate([means.mean(1), means.std(1)], -1), rtol=1e-4, atol=1e-5)
+    relabelled = rng.permutation(5)[labels]  # the same classes under other labels
+    np.testing.assert_allclose(layer(embeddings, tf.constant(relabelled, tf.int32)).numpy(), h0, rtol=1e-5)
+    assert layer.output_dim(4) == h0.shape[-1] == 8
 
 
 def test_posterior_emits_every_layer_with_positive_scales():

@@ -57,7 +57,7 @@ from tfp_abml.episodic import EpisodicModel, embed_tasks, mean_nll, split_suppor
 from tfp_abml.inner_loop import sgd_adapt
 from tfp_abml.posterior import AmortizedPosterior
 from tfp_abml.run_config import POSTERIORS
-from tfp_abml.task_encoding import ClassMeanConcat, class_means
+from tfp_abml.task_encoding import ClassMeanConcat, ClassMeanPool, class_means
 
 
 def _seed(seed, offset):
@@ -83,8 +83,9 @@ class AmortizedBNN(EpisodicModel):
       transductive_batch_norm: normalise with the statistics of the episodes at hand in
         evaluation too, as in training (MAML's choice). With False, evaluation uses the moving
         averages, which lag the fast-changing encoder early in training.
-      task_encoder: layer ``(embeddings [T, M, D], labels [T, M]) -> h0 [T, N * D]``;
-        default :class:`tfp_abml.task_encoding.ClassMeanConcat`.
+      task_encoder: layer ``(embeddings [T, M, D], labels [T, M]) -> h0``, with an
+        ``output_dim(D)`` method; default :class:`tfp_abml.task_encoding.ClassMeanConcat`
+        (``task_encoding="concat"``) or :class:`~tfp_abml.task_encoding.ClassMeanPool` (``"pool"``).
       posterior: ``"paper"`` or ``"aligned"`` (output means from class prototypes; see above).
       learn_inner_lr: learn one inner step size per posterior tensor.
       seed: int seed for the model's random streams (None: unseeded).
@@ -94,8 +95,8 @@ class AmortizedBNN(EpisodicModel):
 
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
                  kl_scale=1e-6, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
-                 transductive_batch_norm=True, task_encoder=None, posterior="paper", learn_inner_lr=False, seed=None,
-                 **kwargs):
+                 transductive_batch_norm=True, task_encoder=None, task_encoding="concat", posterior="paper",
+                 learn_inner_lr=False, seed=None, **kwargs):
         super().__init__(ways, **kwargs)
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
@@ -106,9 +107,11 @@ class AmortizedBNN(EpisodicModel):
         self.eval_samples = int(eval_samples)
         self.transductive_batch_norm = bool(transductive_batch_norm)
         embedding_dim = int(encoder.output_shape[-1])
+        if task_encoder is None and task_encoding == "pool":
+            task_encoder = ClassMeanPool(self.ways, name="task_encoder")
         self.task_encoder = task_encoder or ClassMeanConcat(self.ways, seed=_seed(seed, 1), name="task_encoder")
         self.head = BayesianMLP(embedding_dim, hidden_units, self.ways)
-        self.posterior = AmortizedPosterior(self.head.layer_shapes, units=self.ways * embedding_dim,
+        self.posterior = AmortizedPosterior(self.head.layer_shapes, units=self.task_encoder.output_dim(embedding_dim),
                                             noise_dim=noise_dim, initial_scale=initial_scale,
                                             symmetric_output=posterior == "aligned",
                                             seed=_seed(seed, 2), name="posterior")

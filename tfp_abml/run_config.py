@@ -14,7 +14,8 @@ from tfp_abml.errors import UserInputError
 
 JIT_MODES = ("auto", "on", "off")
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
-POSTERIORS = ("paper", "aligned")  # tfp_abml.model.POSTERIORS, without importing TensorFlow
+POSTERIORS = ("paper", "aligned")  # checked here without importing TensorFlow
+TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
 # Outer Adam learning rate when --learning-rate is not given. The amortized posterior's large
 # output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
@@ -38,6 +39,7 @@ class RunConfig:
     hidden_units: tuple = (64,)
     posterior: str = "paper"  # abml: "paper" or "aligned" (output means from class prototypes)
     learn_inner_lr: bool = False  # abml: one learned inner step size per posterior tensor
+    task_encoding: str = "concat"  # abml: "concat" (paper: class means in random order) or "pool"
     noise_dim: int = 32
     inner_steps: int = 5
     inner_lr: float = 0.5
@@ -70,6 +72,12 @@ class RunConfig:
             raise UserInputError(f"unknown encoder {self.encoder!r}: use --encoder {' or '.join(ENCODERS)}")
         if self.posterior not in POSTERIORS:
             raise UserInputError(f"unknown --posterior {self.posterior!r}: use one of {', '.join(POSTERIORS)}")
+        if self.task_encoding not in TASK_ENCODINGS:
+            raise UserInputError(f"unknown --task-encoding {self.task_encoding!r}: use one of "
+                                 f"{', '.join(TASK_ENCODINGS)}")
+        if self.task_encoding == "pool" and self.posterior == "paper":
+            raise UserInputError("--task-encoding pool carries no class order, so the paper's posterior cannot "
+                                 "tell its output units apart: use it with --posterior aligned")
         if self.jit not in JIT_MODES:
             raise UserInputError(f"unknown --jit {self.jit!r}: use one of {', '.join(JIT_MODES)}")
         positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
@@ -160,7 +168,7 @@ class RunConfig:
                             inner_steps=self.inner_steps, inner_lr=self.inner_lr, kl_scale=self.kl_scale,
                             first_order=self.first_order, eval_samples=self.eval_samples,
                             initial_scale=self.initial_scale, posterior=self.posterior,
-                            learn_inner_lr=self.learn_inner_lr, seed=self.seed)
+                            learn_inner_lr=self.learn_inner_lr, task_encoding=self.task_encoding, seed=self.seed)
 
     def example_inputs(self):
         """A one-task batch of zeros in the model's input layout: enough to create its variables."""

@@ -5,9 +5,14 @@ of each class, then concatenate the N class means in a random order,
 
     h0 = [mean_{pi(1)}, ..., mean_{pi(N)}],    pi ~ Uniform(permutations of N)
 
-so the encoding does not depend on which label a class happens to get. Any
-Keras layer with the same call signature can take its place in
-:class:`tfp_abml.model.AmortizedBNN`.
+so the encoding does not depend on which label a class happens to get. Its size,
+N * D, grows with the ways, and so does the LSTM (20-way Conv-4: 1,280 units).
+
+:class:`ClassMeanPool` is a permutation-invariant alternative for the aligned
+posterior, whose LSTM only emits what all classes share: the mean and standard
+deviation over classes of the class means, ``[mean_n m_n, std_n m_n]``, size 2D
+whatever N is. Any Keras layer with the same call signature can take the place of
+either in :class:`tfp_abml.model.AmortizedBNN`.
 """
 
 from __future__ import annotations
@@ -41,3 +46,23 @@ class ClassMeanConcat(keras.layers.Layer):
         order = tf.argsort(keras.random.uniform((tasks, self.ways), seed=self.seed_generator), axis=-1)
         shuffled = tf.gather(means, order, batch_dims=1)
         return tf.reshape(shuffled, (tasks, self.ways * means.shape[-1]))
+
+
+class ClassMeanPool(keras.layers.Layer):
+    """h0 = mean and standard deviation over classes of the class-mean embeddings: ``[T, 2 * D]``."""
+
+    def __init__(self, ways, **kwargs):
+        super().__init__(**kwargs)
+        self.ways = int(ways)
+
+    def output_dim(self, embedding_dim):
+        return 2 * int(embedding_dim)
+
+    def call(self, embeddings, labels):
+        means = class_means(embeddings, labels, self.ways)
+        center = tf.reduce_mean(means, axis=1)
+        spread = tf.sqrt(tf.reduce_mean(tf.square(means - center[:, None]), axis=1) + 1e-6)
+        return tf.concat([center, spread], axis=-1)
+
+
+TASK_ENCODINGS = {"concat": ClassMeanConcat, "pool": ClassMeanPool}

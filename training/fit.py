@@ -15,7 +15,7 @@ import sys
 import time
 
 from tfp_abml.errors import UserInputError
-from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, RunConfig
+from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, TASK_ENCODINGS, RunConfig
 from training._cli import Parser, run_command
 
 _DEFAULTS = RunConfig()
@@ -46,6 +46,9 @@ def build_parser():
     model.add_argument("--posterior", default=_DEFAULTS.posterior, choices=POSTERIORS,
                        help="abml: 'paper' (LSTM emits every layer) or 'aligned' (output-layer means from "
                             "the class prototypes, see README)")
+    model.add_argument("--task-encoding", default=_DEFAULTS.task_encoding, choices=TASK_ENCODINGS,
+                       help="abml: LSTM initial state from the class means, 'concat' (paper; random class order, "
+                            "size ways x D) or 'pool' (mean and std over classes, size 2D; --posterior aligned)")
     model.add_argument("--learn-inner-lr", action="store_true",
                        help="abml: learn one inner step size per posterior tensor, starting at --inner-lr")
     model.add_argument("--noise-dim", type=int, default=_DEFAULTS.noise_dim, help="LSTM noise input size")
