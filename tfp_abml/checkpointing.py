@@ -4,7 +4,14 @@ A run directory holds ``config.json``, ``history.json``, ``checkpoints/`` and
 ``logs/``. Every file is written to a temporary name first and renamed into
 place, so a run killed at any moment leaves either the old file or the new
 one, never half of one. ``tf.train.CheckpointManager`` commits a checkpoint by
-rewriting its small index file last, which is atomic in the same way.
+rewriting its small index file (``checkpoints/checkpoint``) last, which is
+atomic in the same way; a kill during a save leaves the files of an
+unregistered checkpoint, which are ignored and later overwritten.
+
+Restoring is defensive as well: a checkpoint whose files cannot be read (a disk
+fault, a file deleted or truncated by hand) is reported and the previous one is
+used, and an unreadable index file falls back to the checkpoint files found in
+the folder, so a damaged latest checkpoint costs one epoch, not the run.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
+import sys
 import tempfile
 
 
@@ -37,65 +46,169 @@ def read_json(path, default=None):
     return json.loads(path.read_text()) if path.is_file() else default
 
 
+def seed_states(model):
+    """State variables of the model's random seed generators (Flipout noise, LSTM noise, class order).
+
+    Keras keeps them out of ``model.weights`` and out of TensorFlow checkpoints of the
+    model; without them a resumed run would replay the random draws of its first epoch
+    instead of continuing with the next ones, and its losses would differ from a run that
+    was never interrupted.
+    """
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint that does not fit the model (written by other code or another config)."""
+
+
 class TrainingState:
-    """Model, optimizer and completed-epoch counter, saved together after every epoch.
+    """Model, optimizer, completed-epoch counter and random-stream state, saved together after every epoch.
 
     The optimizer's slot variables are created before restoring, so that a
     resumed run continues with the same Adam moments, not fresh ones.
     """
 
-    def __init__(self, model, directory, max_to_keep=2):
+    def __init__(self, model, directory, max_to_keep=2, log=None):
         import tensorflow as tf
 
         model.optimizer.build(model.trainable_variables)
+        self.directory = pathlib.Path(directory)
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
+        self.seeds = seed_states(model)
+        # `core` is what must match for a resume; `seeds` are restored when present (checkpoints
+        # written before they were saved lack them) and saved together with the rest.
+        self.core = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch,
+                                              seeds=self.seeds)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=max_to_keep)
 
+    def candidates(self):
+        """Checkpoint prefixes to try, newest first.
+
+        Those registered in the index file; if the index file is missing or unreadable
+        (TensorFlow then ignores it with a warning), the ``ckpt-<n>.index`` files found.
+        """
+        registered = list(self.manager.checkpoints)
+        if registered:
+            return registered[::-1]
+        found = sorted(((int(m.group(1)), str(self.directory / f"ckpt-{m.group(1)}"))
+                        for m in (re.fullmatch(r"ckpt-(\d+)\.index", p.name) for p in self.directory.glob("ckpt-*.index"))
+                        if m), reverse=True)
+        if found:
+            self.log(f"warning: {self.directory / 'checkpoint'} is missing or unreadable; "
+                     f"using the checkpoint files found in {self.directory}")
+        return [path for _, path in found]
+
     def restore(self):
-        """Restore the latest checkpoint, if any; returns the number of completed epochs."""
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        return int(self.epoch.numpy())
+        """Restore the newest readable checkpoint, if any; returns the number of completed epochs.
+
+        Raises ``UserInputError`` if checkpoints exist but none can be read, or if they do not
+        match the model; a resume must never silently start over.
+        """
+        from tfp_abml.errors import UserInputError
+
+        candidates = self.candidates()
+        for path in candidates:
+            try:
+                self._restore(path)
+            except CheckpointMismatchError as err:
+                raise UserInputError(f"checkpoint {path} does not match this model ({err}); it was written by "
+                                     "another version of the code: pass --overwrite to start over") from err
+            except Exception as err:  # noqa: BLE001 -- any read failure: a missing, truncated or corrupt file
+                self.log(f"warning: cannot read checkpoint {path} ({_first_line(err)}); trying the previous one")
+                continue
+            if path != candidates[0]:
+                self.log(f"warning: resuming from {path}, the newest checkpoint that could be read")
+            return int(self.epoch.numpy())
+        if candidates:
+            raise UserInputError(f"no checkpoint in {self.directory} can be read (tried {len(candidates)}); "
+                                 "pass --overwrite to start over")
+        return 0
+
+    def _restore(self, path):
+        import tensorflow as tf
+
+        try:
+            self.core.restore(path).expect_partial().assert_existing_objects_matched()
+        except AssertionError as err:
+            raise CheckpointMismatchError(_first_line(err)) from err
+        saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("seeds/")]
+        if len(saved) == len(self.seeds):
+            tf.train.Checkpoint(seeds=self.seeds).restore(path).expect_partial()
+        else:
+            self.log(f"note: {path} holds no random-stream state (an older checkpoint); "
+                     "the resumed run draws fresh random numbers")
 
     def save(self, completed_epochs):
         self.epoch.assign(completed_epochs)
         return self.manager.save(checkpoint_number=completed_epochs)
 
 
-def checkpoint_callback(state: TrainingState, history_path, previous_history=None):
-    """A Keras callback that saves ``state`` and appends to ``history.json`` after each epoch.
+def _first_line(err):
+    """The first line of an error, without TensorFlow's ``{{function_node ...}}`` prefix."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
 
-    A NaN or infinite loss stops training at once; that epoch is not saved (its weights are
-    broken), and ``fault`` on the callback says where it happened.
+
+def checkpoint_callback(state: TrainingState, history_path, previous_history=None):
+    """A Keras callback that appends to ``history.json`` and saves ``state`` after each epoch.
+
+    ``history.json`` is written before the checkpoint: a run killed between the two leaves
+    a history entry for an epoch that was not checkpointed, which the resume drops, rather
+    than a checkpointed epoch missing from the history.
+
+    After every step it checks the loss and the weights. A NaN or infinite loss, or weights
+    made NaN or infinite by a non-finite gradient while the loss was still finite, stop
+    training at once; that epoch is not saved, and ``fault`` on the callback names the
+    step and what went wrong.
     """
     import math
 
     import keras
+    import tensorflow as tf
 
     history = {key: list(values) for key, values in (previous_history or {}).items()}
 
     class _Checkpoint(keras.callbacks.Callback):
         fault = None
 
+        def on_train_begin(self, logs=None):
+            variables = list(self.model.trainable_variables)
+            # One compiled reduction over all weights: about a millisecond per step on a CPU.
+            self._weights_finite = tf.function(
+                lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v.value)) for v in variables]))
+
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
+        def _stop(self, what, batch):
+            saved = (f"the last checkpoint is after epoch {self.epoch}" if self.epoch
+                     else "there is no checkpoint yet")
+            self.fault = (f"{what} at step {batch + 1} of epoch {self.epoch + 1}; "
+                          f"nothing from that epoch was saved, {saved}")
+            self.model.stop_training = True
+
         def on_train_batch_end(self, batch, logs=None):
+            if self.fault is not None:
+                return
             loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)) and self.fault is None:
-                self.fault = (f"the loss became {float(loss)} at step {batch + 1} of epoch {self.epoch + 1}; "
-                              f"nothing from that epoch was saved, the last checkpoint is after epoch {self.epoch}")
-                self.model.stop_training = True
+            if loss is not None and not math.isfinite(float(loss)):
+                self._stop(f"the loss became {float(loss)}", batch)
+            elif not bool(self._weights_finite()):
+                still = f" (the loss, {float(loss):.4g}, was still finite)" if loss is not None else ""
+                self._stop(f"a gradient became NaN or infinite{still} and the update made weights NaN or "
+                           "infinite", batch)
 
         def on_epoch_end(self, epoch, logs=None):
             if self.fault is not None:
                 return
-            state.save(epoch + 1)
             history.setdefault("epoch", []).append(epoch + 1)
             for key, value in (logs or {}).items():
                 history.setdefault(key, []).append(float(value))
             write_json_atomic(history_path, history)
+            state.save(epoch + 1)
 
     return _Checkpoint()
 

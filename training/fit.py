@@ -9,6 +9,7 @@ command again resumes from the last checkpoint; a different config on the same
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import sys
@@ -26,16 +27,19 @@ def build_parser():
     p.add_argument("--method", default=_DEFAULTS.method, choices=METHODS,
                    help="abml: the paper's amortized BNN; baselines: protonet, maml, metasgd, matching")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=_DEFAULTS.dataset, help="dataset (omniglot)")
+    data.add_argument("--dataset", default=_DEFAULTS.dataset,
+                      help="omniglot or miniimagenet (needs --data-dir, see README)")
     data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake"),
                       help="class split: vinyals (with rotations; the published one) or lake")
     data.add_argument("--data-dir", default=None,
-                      help="folder with omniglot/images_{background,evaluation}.zip and omniglot/splits/; "
-                           "default $TFP_ABML_DATA_DIR, else download through TFDS")
+                      help="folder with omniglot/images_{background,evaluation}.zip and omniglot/splits/ "
+                           "(or miniimagenet/images/ and the Ravi CSVs); default $TFP_ABML_DATA_DIR, "
+                           "else Omniglot through TFDS's download")
     data.add_argument("--ways", type=int, default=_DEFAULTS.ways, help="classes per task (N)")
     data.add_argument("--shots", type=int, default=_DEFAULTS.shots, help="support examples per class (K)")
     data.add_argument("--queries", type=int, default=_DEFAULTS.queries, help="query examples per class")
-    data.add_argument("--image-size", type=int, default=None, help="image side; default 28 (conv4), 32 (efficientnet_b0)")
+    data.add_argument("--image-size", type=int, default=None,
+                      help="image side; default 84 on miniimagenet, else 28 (conv4), 32 (efficientnet_b0)")
     model = p.add_argument_group("model")
     model.add_argument("--encoder", default=_DEFAULTS.encoder, help="conv4 or efficientnet_b0")
     model.add_argument("--encoder-weights", default=None,
@@ -89,11 +93,13 @@ def parse_config(argv):
     args = parser.parse_args(argv)
     if args.config:
         # Re-parse with the file's values as defaults, so that explicit flags still win.
-        file_values = RunConfig.load(args.config).to_dict()
+        file_values = _read_config_file(parser, args.config)
         parser.set_defaults(**file_values)
         args = parser.parse_args(argv)
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise UserInputError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.seed < 0:
+        raise UserInputError(f"--seed must be >= 0, got {args.seed}")
     values = {k: v for k, v in vars(args).items()
               if k not in ("config", "output", "overwrite", "verbose", "max_minutes")}
     values["hidden_units"] = tuple(values["hidden_units"])
@@ -103,10 +109,63 @@ def parse_config(argv):
     return config, output, args.overwrite, args.verbose, args.max_minutes
 
 
+def _read_config_file(parser, path):
+    """The settings of a ``--config`` JSON file, checked like flags; UserInputError naming the file."""
+    try:
+        values = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserInputError(f"cannot read config {path}: {err}") from err
+    if not isinstance(values, dict):
+        raise UserInputError(f"{path} must hold a JSON object of settings, e.g. {{\"ways\": 5}}, "
+                             f"got {type(values).__name__}")
+    _check_file_values(parser, values, path)
+    try:
+        return RunConfig.from_dict(values).to_dict()
+    except UserInputError as err:
+        raise UserInputError(f"{path}: {err}") from err
+
+
+def _check_file_values(parser, values, path):
+    """Check a ``--config`` file's values as argparse checks flags: argparse takes defaults as they are.
+
+    Without this a string where a number belongs fails deep inside with a TypeError.
+    """
+    for action in parser._actions:
+        if action.dest not in values:
+            continue
+        value, expected = values[action.dest], None
+        if value is None and action.default is None:
+            continue  # an optional setting left unset
+        if action.nargs == "*":
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                expected = "a list of integers"
+        elif action.type is int and (not isinstance(value, int) or isinstance(value, bool)):
+            expected = "an integer"
+        elif action.type is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            expected = "a number"
+        elif action.const is True and not isinstance(value, bool):  # store_true flags
+            expected = "true or false"
+        elif action.type is None and action.const is None and not isinstance(value, str):
+            expected = "a string"
+        elif action.choices is not None and value not in action.choices:
+            expected = f"one of {', '.join(map(str, action.choices))}"
+        if expected:
+            raise UserInputError(f"{path}: {action.dest} must be {expected}, got {value!r}")
+
+
 def prepare_output(config, output, overwrite):
-    """Create or reuse ``output``; refuse a different config there unless ``overwrite``."""
+    """Create or reuse ``output``; refuse a different config there unless ``overwrite``.
+
+    ``--overwrite`` deletes only a training run (a folder with ``config.json``) or an empty
+    folder: a mistyped ``--output`` must never delete someone's files.
+    """
     config_path = output / "config.json"
+    if output.exists() and not output.is_dir():
+        raise UserInputError(f"--output {output} is a file, not a folder: choose another --output")
     if output.exists() and overwrite:
+        if not config_path.is_file() and any(output.iterdir()):
+            raise UserInputError(f"refusing to delete {output} for --overwrite: it is not a training run "
+                                 "(no config.json); choose another --output")
         shutil.rmtree(output)
     elif config_path.is_file():
         previous = RunConfig.load(config_path)
@@ -122,8 +181,11 @@ def prepare_output(config, output, overwrite):
 
 def check_data(config):
     """Fail before importing TensorFlow if the data or the task shape cannot work."""
-    from tfp_abml.data import omniglot, splits
+    from tfp_abml.data import miniimagenet, omniglot, splits
 
+    if config.dataset == "miniimagenet":
+        miniimagenet.check_ways(config.ways, config.data_dir)
+        return
     data_dir = omniglot.resolve_data_dir(config.data_dir)
     if data_dir is not None:
         omniglot.find_sources(data_dir)
@@ -170,7 +232,10 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()
     if initial_epoch:
-        print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs}.", flush=True)
+        # The numbers a resume must continue from, printed so that a user (and the tests) can check them.
+        print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs} (optimizer step "
+              f"{int(model.optimizer.iterations.numpy())}, next training episode "
+              f"{initial_epoch * episodes_per_epoch}).", flush=True)
     if initial_epoch >= config.epochs:
         print(f"Nothing to do: {config.epochs} epochs are done; raise --epochs to train longer.")
         return None
