@@ -27,6 +27,7 @@ import os
 import pathlib
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -99,17 +100,24 @@ def _read_pngs(source: pathlib.Path):
                     match = _PNG_PATH.match(info.filename)
                     if match:
                         yield (*match.groups(), zf.read(info))
-        except (zipfile.BadZipFile, OSError) as err:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:  # zlib, EOF: a damaged deflate stream
             raise UserInputError(f"cannot read {source}: {err}; download the archive again") from err
         return
     for path in sorted(source.glob("*/character*/*.png")):
         match = _PNG_PATH.match(path.as_posix())
         if match:
-            yield (*match.groups(), path.read_bytes())
+            try:
+                blob = path.read_bytes()
+            except OSError as err:
+                raise UserInputError(f"cannot read {path}: {err}; check the file or extract the archive again") from err
+            yield (*match.groups(), blob)
 
 
-def _decode_resize(blobs, size):
-    """Decode PNG bytes and resize to ``size`` x ``size`` uint8, in parallel through tf.data."""
+def _decode_resize(blobs, size, names=None):
+    """Decode PNG bytes and resize to ``size`` x ``size`` uint8, in parallel through tf.data.
+
+    A PNG that cannot be decoded is a UserInputError naming it (``names[i]`` describes ``blobs[i]``).
+    """
     import tensorflow as tf
 
     def decode(blob):
@@ -122,18 +130,51 @@ def _decode_resize(blobs, size):
     try:
         return np.concatenate([batch.numpy() for batch in dataset]) if blobs else np.zeros((0, size, size), np.uint8)
     except tf.errors.InvalidArgumentError as err:
-        raise UserInputError(f"a PNG in the Omniglot archives cannot be decoded ({err.message.splitlines()[0]}); "
-                             "download the archives again") from err
+        bad = _undecodable(blobs)
+        if not bad:  # not a PNG's fault after all
+            raise
+        what = names[bad[0]] if names else f"image {bad[0]}"
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UserInputError(f"{what} is not a readable PNG ({_decode_error(blobs[bad[0]])}){more}; "
+                             "download the archive again") from err
 
 
-def _assemble(records, size):
-    """Group (archive, alphabet, character, filename, bytes) records into OmniglotCharacters."""
+def _undecodable(blobs):
+    """Indices of the blobs that are not decodable PNGs: the slow path, run only after a failure."""
+    import tensorflow as tf
+
+    def ok(index, blob):
+        return index, tf.shape(tf.io.decode_png(blob, channels=1))[0]
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(blobs)), tf.constant(blobs, dtype=tf.string)))
+    dataset = dataset.map(ok, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    decoded = {int(index) for index, _ in dataset.as_numpy_iterator()}
+    return [i for i in range(len(blobs)) if i not in decoded]
+
+
+def _decode_error(blob):
+    """TensorFlow's reason for refusing ``blob``, without its ``{{function_node ...}}`` and ``[Op:...]`` parts."""
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_png(blob, channels=1)
+    except tf.errors.InvalidArgumentError as err:
+        text = err.message.strip().splitlines()[0] if err.message.strip() else "invalid data"
+        return re.sub(r"\s*\[Op:\w+\]", "", re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text))
+    return "invalid data"
+
+
+def _assemble(records, size, sources=None):
+    """Group (archive, alphabet, character, filename, bytes) records into OmniglotCharacters.
+
+    ``sources`` (archive name -> zip or folder) lets errors name the file to replace.
+    """
     by_char = {}
     for archive, alphabet, character, filename, blob in records:
         by_char.setdefault((f"{alphabet}/{character}", archive), []).append((filename, blob))
     if not by_char:
         raise UserInputError("the Omniglot archives hold no character images; download them again")
-    names, background, blobs = [], [], []
+    names, background, blobs, files_read = [], [], [], []
     for (name, archive), files in sorted(by_char.items()):
         if len(files) != DRAWERS:
             raise UserInputError(f"Omniglot character {archive}/{name} has {len(files)} images, expected {DRAWERS}; "
@@ -141,15 +182,26 @@ def _assemble(records, size):
         names.append(name)
         background.append(archive == "images_background")
         blobs.extend(blob for _, blob in sorted(files))
-    images = _decode_resize(blobs, size).reshape(len(names), DRAWERS, size, size)
+        files_read.extend(_describe(sources, archive, name, filename) for filename, _ in sorted(files))
+    images = _decode_resize(blobs, size, files_read).reshape(len(names), DRAWERS, size, size)
     return OmniglotCharacters(tuple(names), images, np.asarray(background))
+
+
+def _describe(sources, archive, name, filename):
+    """Where one image came from, as a user would look for it: the file, or the zip and its member."""
+    source = (sources or {}).get(archive)
+    if source is None:
+        return f"Omniglot image {archive}/{name}/{filename}"
+    if source.suffix == ".zip":
+        return f"{source} (member {archive}/{name}/{filename})"
+    return str(source / name / filename)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_local(data_dir: pathlib.Path, size: int):
     from tfp_abml.data.tfds_builders import omniglot_local  # imports TFDS: only when images are needed
 
-    return _assemble(omniglot_local.records(data_dir), size)
+    return _assemble(omniglot_local.records(data_dir), size, find_sources(data_dir))
 
 
 @functools.lru_cache(maxsize=4)
