@@ -27,9 +27,9 @@ class EpisodeSampler:
         if images.ndim != 4:
             raise UserInputError(f"class images must be [classes, examples, H, W], got shape {images.shape}")
         classes, examples = images.shape[:2]
-        for flag, value, least in (("--ways", ways, 2), ("--shots", shots, 1), ("--queries", queries, 1)):
-            if int(value) != value or value < least:
-                raise UserInputError(f"{flag} must be an integer >= {least}, got {value}")
+        ways, shots, queries = (_whole(flag, value, least) for flag, value, least in
+                                (("--ways", ways, 2), ("--shots", shots, 1), ("--queries", queries, 1)))
+        seed = _whole("--seed", seed, 0)  # numpy's seed sequences take no negative numbers
         if ways > classes:
             raise UserInputError(f"--ways {ways} is larger than the {classes} classes of {split_name}: "
                                  f"use --ways {classes} or fewer")
@@ -40,7 +40,7 @@ class EpisodeSampler:
         self.seed = int(seed)
 
     def sample(self, index):
-        rng = np.random.default_rng([self.seed, int(index)])
+        rng = np.random.default_rng([self.seed, _whole("episode index", index, 0)])
         classes = rng.choice(self.images.shape[0], self.ways, replace=False)
         # Row n of `picks` holds the examples of the class that gets label n.
         picks = np.stack([rng.choice(self.images.shape[1], self.shots + self.queries, replace=False)
@@ -50,3 +50,16 @@ class EpisodeSampler:
         k = self.shots
         flat = lambda a: a.reshape((-1,) + a.shape[2:])
         return (flat(episode[:, :k]), flat(labels[:, :k]), flat(episode[:, k:]), flat(labels[:, k:]))
+
+
+def _whole(name, value, least):
+    """``value`` as an int >= ``least``; UserInputError for anything else (floats with a fraction, NaN, text)."""
+    if isinstance(value, np.ndarray) and value.shape == ():  # what tf.numpy_function passes
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
+    if value < least:
+        raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
