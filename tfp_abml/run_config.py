@@ -60,8 +60,7 @@ class RunConfig:
 
     def validate(self):
         """Raise UserInputError naming the flag to change; returns self."""
-        from tfp_abml.data.omniglot import DRAWERS
-        from tfp_abml.data.pipeline import DATASETS
+        from tfp_abml.data.pipeline import DATASETS, EXAMPLES_PER_CLASS
         from tfp_abml.encoders import DEFAULT_IMAGE_SIZE, ENCODERS, MIN_IMAGE_SIZE
 
         if self.method not in METHODS:
@@ -93,10 +92,12 @@ class RunConfig:
             raise UserInputError(f"--kl-scale must be >= 0, got {self.kl_scale}")
         if any(int(u) < 1 for u in self.hidden_units):
             raise UserInputError(f"--hidden-units must be positive integers, got {list(self.hidden_units)}")
-        if self.shots + self.queries > DRAWERS:
+        examples = EXAMPLES_PER_CLASS[self.dataset]
+        if self.shots + self.queries > examples:
+            per_class = ("drawers per Omniglot character" if self.dataset == "omniglot"
+                         else f"images per {self.dataset} class")
             raise UserInputError(f"--shots {self.shots} + --queries {self.queries} = {self.shots + self.queries} "
-                                 f"is more than the {DRAWERS} drawers per Omniglot character: "
-                                 "lower --shots or --queries")
+                                 f"is more than the {examples} {per_class}: lower --shots or --queries")
         size = self.resolved_image_size
         if size < MIN_IMAGE_SIZE[self.encoder]:
             raise UserInputError(f"--image-size {size} is too small for {self.encoder}: "
@@ -112,9 +113,17 @@ class RunConfig:
 
     @property
     def resolved_image_size(self):
+        from tfp_abml.data import pipeline
         from tfp_abml.encoders import DEFAULT_IMAGE_SIZE
 
-        return int(self.image_size or DEFAULT_IMAGE_SIZE[self.encoder])
+        return int(self.image_size or pipeline.DEFAULT_IMAGE_SIZE.get(self.dataset) or DEFAULT_IMAGE_SIZE[self.encoder])
+
+    @property
+    def channels(self):
+        """Colour channels of the dataset's images (Omniglot 1, miniImageNet 3): the encoder's input depth."""
+        from tfp_abml.data.pipeline import CHANNELS
+
+        return CHANNELS[self.dataset]
 
     # -- (de)serialisation ---------------------------------------------------------------------
 
@@ -154,7 +163,7 @@ class RunConfig:
         from tfp_abml.encoders import build_encoder
         from tfp_abml.model import AmortizedBNN
 
-        encoder = build_encoder(self.encoder, self.resolved_image_size, channels=1,
+        encoder = build_encoder(self.encoder, self.resolved_image_size, channels=self.channels,
                                 embedding_dim=self.embedding_dim, weights=self.encoder_weights)
         if self.method == "protonet":
             return baselines.PrototypicalNetwork(encoder, self.ways)
@@ -175,9 +184,9 @@ class RunConfig:
         import tensorflow as tf
 
         size = self.resolved_image_size
-        return {"support_images": tf.zeros((1, self.ways * self.shots, size, size, 1)),
+        return {"support_images": tf.zeros((1, self.ways * self.shots, size, size, self.channels)),
                 "support_labels": tf.repeat(tf.range(self.ways, dtype=tf.int32), self.shots)[None],
-                "query_images": tf.zeros((1, self.ways * self.queries, size, size, 1))}
+                "query_images": tf.zeros((1, self.ways * self.queries, size, size, self.channels))}
 
     def sampler(self, split, seed=None):
         from tfp_abml.data import make_sampler

@@ -1,8 +1,9 @@
 """tf.data pipeline: episodes -> meta-batches of ``(inputs, query_labels)`` for ``keras.Model.fit``.
 
 Each element is ``({"support_images", "support_labels", "query_images"}, query_labels)``
-with a leading meta-batch axis: images float32 ``[B, N*K, H, W, 1]`` in [0, 1]
-(background 1, ink 0, as decoded), labels int32. Sampling runs in parallel
+with a leading meta-batch axis: images float32 ``[B, N*K, H, W, C]`` in [0, 1]
+(Omniglot: C = 1, background 1, ink 0, as decoded; miniImageNet: C = 3, RGB),
+labels int32. Sampling runs in parallel
 numpy calls keyed by episode index, so the order is deterministic.
 """
 
@@ -12,7 +13,12 @@ from tfp_abml.data.sampling import EpisodeSampler
 from tfp_abml.data.splits import omniglot_split
 from tfp_abml.errors import UserInputError
 
-DATASETS = ("omniglot",)
+DATASETS = ("omniglot", "miniimagenet")
+# Per dataset: images per class (the most --shots + --queries can be), image side when neither
+# --image-size nor the encoder says otherwise (None: the encoder's default), colour channels.
+EXAMPLES_PER_CLASS = {"omniglot": 20, "miniimagenet": 600}
+DEFAULT_IMAGE_SIZE = {"omniglot": None, "miniimagenet": 84}
+CHANNELS = {"omniglot": 1, "miniimagenet": 3}
 
 
 def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=None):
@@ -23,12 +29,13 @@ def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=Non
         raise UserInputError(f"--meta-batch must be >= 1, got {meta_batch}")
     n, k, q = sampler.ways, sampler.shots, sampler.queries
     h, w = sampler.images.shape[2:4]
+    c = sampler.images.shape[4] if sampler.images.ndim == 5 else 1
     stop = tf.int64.max if episodes is None else start + episodes
 
     def sample(index):
         s_img, s_lab, q_img, q_lab = tf.numpy_function(
             sampler.sample, [index], [tf.uint8, tf.int32, tf.uint8, tf.int32], stateful=False)
-        to_float = lambda images, count: tf.reshape(tf.cast(images, tf.float32) / 255.0, (count, h, w, 1))
+        to_float = lambda images, count: tf.reshape(tf.cast(images, tf.float32) / 255.0, (count, h, w, c))
         inputs = {"support_images": to_float(s_img, n * k),
                   "support_labels": tf.reshape(s_lab, (n * k,)),
                   "query_images": to_float(q_img, n * q)}
@@ -41,9 +48,14 @@ def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=Non
 
 def make_sampler(dataset="omniglot", split="train", ways=5, shots=1, queries=15, seed=0,
                  data_dir=None, image_size=28, split_scheme="vinyals"):
-    """An EpisodeSampler over one split of a dataset."""
+    """An EpisodeSampler over one split of a dataset (``split_scheme`` is Omniglot's; miniImageNet has Ravi's)."""
     if dataset not in DATASETS:
         raise UserInputError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
-    classes = omniglot_split(split, split_scheme, data_dir, image_size)
+    if dataset == "miniimagenet":
+        from tfp_abml.data.miniimagenet import miniimagenet_split
+
+        classes, split_scheme = miniimagenet_split(split, data_dir, image_size), "ravi"
+    else:
+        classes = omniglot_split(split, split_scheme, data_dir, image_size)
     return EpisodeSampler(classes.images, ways, shots, queries, seed,
                           split_name=f"the {dataset} {split_scheme} {split} split")

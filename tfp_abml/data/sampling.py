@@ -15,17 +15,18 @@ from tfp_abml.errors import UserInputError
 
 
 class EpisodeSampler:
-    """Draws tasks from uint8 ``images[classes, examples, H, W]``.
+    """Draws tasks from uint8 ``images[classes, examples, H, W]`` (grey) or ``[..., H, W, C]`` (colour).
 
     ``sample(i)`` returns ``(support_images, support_labels, query_images,
-    query_labels)``: images uint8 ``[N*K, H, W]`` and ``[N*Q, H, W]``, labels
+    query_labels)``: images uint8 ``[N*K, H, W(, C)]`` and ``[N*Q, H, W(, C)]``, labels
     int32. Support and query are ordered by label (label-major).
     """
 
     def __init__(self, images, ways, shots, queries, seed=0, split_name="this split"):
         images = np.asarray(images)
-        if images.ndim != 4:
-            raise UserInputError(f"class images must be [classes, examples, H, W], got shape {images.shape}")
+        if images.ndim not in (4, 5):
+            raise UserInputError(f"class images must be [classes, examples, H, W] or [classes, examples, H, W, C], "
+                                 f"got shape {images.shape}")
         classes, examples = images.shape[:2]
         ways, shots, queries = (_whole(flag, value, least) for flag, value, least in
                                 (("--ways", ways, 2), ("--shots", shots, 1), ("--queries", queries, 1)))
