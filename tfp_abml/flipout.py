@@ -35,19 +35,29 @@ import tensorflow_probability as tfp
 
 tfd = tfp.distributions
 
-# Scales are softplus(rho) + SCALE_FLOOR: strictly positive whatever rho is, so
-# log-densities and the KL stay finite.
+# Scales lie in (SCALE_FLOOR, SCALE_FLOOR + SCALE_CEILING) whatever rho is. The floor keeps
+# log-densities and -log(scale) in the KL finite; the ceiling keeps scale^2 in the KL and the
+# Flipout noise finite when an inner step of a huge learning rate throws rho far out (the
+# prior's scale is 1, so scales near the ceiling are never useful). The ceiling is smooth
+# (tanh), so below about 10 the scale is softplus(rho) + SCALE_FLOOR to float32 precision
+# and rho keeps a gradient.
 SCALE_FLOOR = 1e-4
+SCALE_CEILING = 1e3
 
 
 def scale_from_rho(rho):
-    """Positive scale from an unconstrained parameter: ``softplus(rho) + SCALE_FLOOR``."""
-    return tf.nn.softplus(rho) + SCALE_FLOOR
+    """Positive, bounded scale from an unconstrained parameter.
+
+    ``SCALE_FLOOR + SCALE_CEILING * tanh(softplus(rho) / SCALE_CEILING)``, i.e. about
+    ``softplus(rho) + SCALE_FLOOR`` for any useful scale.
+    """
+    return SCALE_FLOOR + SCALE_CEILING * tf.math.tanh(tf.nn.softplus(rho) / SCALE_CEILING)
 
 
 def rho_from_scale(scale):
     """Inverse of :func:`scale_from_rho`, for initialising rho at a chosen scale."""
-    return tfp.math.softplus_inverse(tf.convert_to_tensor(scale, tf.float32) - SCALE_FLOOR)
+    scale = tf.convert_to_tensor(scale, tf.float32)
+    return tfp.math.softplus_inverse(SCALE_CEILING * tf.math.atanh((scale - SCALE_FLOOR) / SCALE_CEILING))
 
 
 @dataclasses.dataclass
