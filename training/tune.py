@@ -178,7 +178,7 @@ def run(argv):
 
     write_json_atomic(args.best_config, config.to_dict())
     metric = tuning.OBJECTIVES[args.objective][0]
-    print(f"{len(ranked)} trials, best first ({metric}):")
+    print(f"{len(ranked)} completed trial{'s' if len(ranked) != 1 else ''}, best first ({metric}):")
     for trial_id, values, score in ranked:
         print(f"  trial {trial_id}: {_format(values)}  {metric} {score:.4f}")
     tuned = {name: getattr(config, name) for name in ranked[0][1]}

@@ -4,12 +4,15 @@ import http.server
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import REPO
 from tfp_abml import serving
 from tfp_abml.errors import UserInputError
 from training import export, fit
@@ -169,6 +172,12 @@ _S, _L, _Q = np.ones((4, 8, 8, 1), np.float32), np.array([0, 1, 0, 1]), np.ones(
 def test_client_refuses_bad_tasks_before_sending(task, ways, message):
     with pytest.raises(UserInputError, match=message):
         serving.predict_request(*task, ways=ways)
+
+
+def test_the_client_needs_no_tensorflow():
+    code = "import sys, tfp_abml.serving; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_reply_forms():
