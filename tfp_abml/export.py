@@ -9,7 +9,8 @@ The ``serving_default`` signature takes a whole task:
 
 and returns ``probabilities`` float32 ``[M, N]``: for the Bayesian model the posterior predictive
 over the model's ``eval_samples`` draws. Resizing to the encoder's size happens inside. A
-malformed request fails with an ``InvalidArgumentError`` that says what is wrong.
+malformed request fails with an ``InvalidArgumentError`` that says what is wrong, before anything
+is computed from it (see ``checked_request``); wrong dtypes or ranks are refused by the signature.
 
 Written with ``keras.export.ExportArchive`` (which tracks the model's variables, unlike a plain
 ``tf.saved_model.save`` of a wrapper) to a temporary folder that is renamed into place.
@@ -23,6 +24,59 @@ import tempfile
 
 import keras
 import tensorflow as tf
+
+from tfp_abml.errors import UserInputError
+
+# Per request, support and query together: they bound what one request can make a server
+# allocate. 2048 images is a 20-way 50-shot support set with as many queries again; 2**26
+# values (256 MB of float32) hold 2048 RGB images of 105 x 105.
+MAX_REQUEST_IMAGES = 2048
+MAX_REQUEST_VALUES = 2 ** 26
+
+
+def checked_request(support_images, support_labels, query_images, ways):
+    """The three request tensors, made to depend on every check of the request.
+
+    Each failed check is an ``InvalidArgumentError`` that names the problem: a request over the
+    size limits (checked first, before any pixel is read), an empty set, lengths or channels that
+    differ, labels outside 0..N-1 or a label without an example, empty images, NaN or infinite
+    pixels, pixels outside [0, 1]. Whatever is computed from the returned tensors runs only after
+    all checks passed.
+    """
+    count = tf.shape(support_images)[0] + tf.shape(query_images)[0]
+    values = tf.size(support_images, out_type=tf.int64) + tf.size(query_images, out_type=tf.int64)
+    with tf.control_dependencies([
+            tf.debugging.assert_less_equal(count, MAX_REQUEST_IMAGES, message=(
+                f"the request holds more than {MAX_REQUEST_IMAGES} images (support and query together): "
+                "split the query set over several requests")),
+            tf.debugging.assert_less_equal(values, tf.constant(MAX_REQUEST_VALUES, tf.int64), message=(
+                f"the request holds more than {MAX_REQUEST_VALUES} pixel values: send smaller images "
+                "(the model resizes them to its own size anyway) or fewer of them"))]):
+        checks = [
+            tf.debugging.assert_positive(tf.shape(support_images)[0], message="the support set is empty"),
+            tf.debugging.assert_positive(tf.shape(query_images)[0], message="the query set is empty"),
+            tf.debugging.assert_equal(tf.shape(support_images)[0], tf.shape(support_labels)[0],
+                                      message="support_images and support_labels differ in length"),
+            tf.debugging.assert_equal(tf.shape(support_images)[-1], tf.shape(query_images)[-1],
+                                      message="support and query images differ in channels"),
+            tf.debugging.assert_non_negative(support_labels, message="support_labels must be 0..N-1"),
+            tf.debugging.assert_less(support_labels, ways,
+                                     message=f"support_labels must be 0..{ways - 1} (this model is {ways}-way)"),
+            tf.debugging.assert_equal(tf.size(tf.unique(support_labels).y), ways,
+                                      message=f"every label 0..{ways - 1} needs a support example"),
+        ]
+        for images, name in ((support_images, "support_images"), (query_images, "query_images")):
+            channels = tf.shape(images)[-1]
+            checks += [
+                tf.debugging.assert_equal(tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)), True,
+                                          message=f"{name} must have 1 (grey) or 3 (RGB) channels"),
+                tf.debugging.assert_positive(tf.shape(images)[1:3], message=f"{name} has images of height or width 0"),
+                tf.debugging.assert_all_finite(images, message=f"{name} holds NaN or infinite values"),
+                tf.debugging.assert_equal(tf.reduce_all((images >= 0.0) & (images <= 1.0)), True, message=(
+                    f"{name} must be scaled to [0, 1] as in training (PNG pixels 0..255: divide by 255)")),
+            ]
+    with tf.control_dependencies(checks):
+        return tf.identity(support_images), tf.identity(support_labels), tf.identity(query_images)
 
 
 def _grey_at_size(images, size, name):
@@ -40,17 +94,8 @@ def serving_function(model, image_size):
     ways = model.ways
 
     def serve(support_images, support_labels, query_images):
-        tf.debugging.assert_positive(tf.shape(support_images)[0], message="the support set is empty")
-        tf.debugging.assert_positive(tf.shape(query_images)[0], message="the query set is empty")
-        tf.debugging.assert_equal(tf.shape(support_images)[0], tf.shape(support_labels)[0],
-                                  message="support_images and support_labels differ in length")
-        tf.debugging.assert_equal(tf.shape(support_images)[-1], tf.shape(query_images)[-1],
-                                  message="support and query images differ in channels")
-        tf.debugging.assert_non_negative(support_labels, message="support_labels must be 0..N-1")
-        tf.debugging.assert_less(support_labels, ways, message=f"support_labels must be 0..{ways - 1} "
-                                                               f"(this model is {ways}-way)")
-        present = tf.size(tf.unique(support_labels).y)
-        tf.debugging.assert_equal(present, ways, message=f"every label 0..{ways - 1} needs a support example")
+        support_images, support_labels, query_images = checked_request(support_images, support_labels,
+                                                                       query_images, ways)
         inputs = {"support_images": _grey_at_size(support_images, image_size, "support_images")[None],
                   "support_labels": support_labels[None],
                   "query_images": _grey_at_size(query_images, image_size, "query_images")[None]}
@@ -59,9 +104,24 @@ def serving_function(model, image_size):
     return serve
 
 
-def export_saved_model(model, image_size, path):
-    """Write ``model`` as a SavedModel with the task signature to ``path`` (replacing it)."""
+def check_output(path):
+    """Refuse an export path that is a file, or a folder other than an earlier export.
+
+    An export replaces an earlier SavedModel at ``path``; it must never delete a folder of
+    anything else because of a mistyped ``--output``.
+    """
     path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"--output {path} is a file: give a folder for the SavedModel, e.g. savedmodels/name/1")
+    if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").is_file():
+        raise UserInputError(f"--output {path} is a folder that holds no SavedModel; refusing to replace it: "
+                             "give a new or empty folder, e.g. savedmodels/name/1")
+    return path
+
+
+def export_saved_model(model, image_size, path):
+    """Write ``model`` as a SavedModel with the task signature to ``path`` (replacing an earlier one)."""
+    path = check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -29,10 +29,11 @@ def build_parser():
 def run(argv):
     args = build_parser().parse_args(argv)
     from tfp_abml.checkpointing import load_run
-    from tfp_abml.export import export_saved_model
+    from tfp_abml.export import check_output, export_saved_model
 
     if args.samples is not None and args.samples < 1:
         raise UserInputError(f"--samples must be >= 1, got {args.samples}")
+    check_output(args.output)  # before loading the model, not after
     config, model = load_run(args.run, data_dir=args.data_dir)
     if args.samples is not None and hasattr(model, "eval_samples"):
         model.eval_samples = args.samples
