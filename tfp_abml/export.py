@@ -4,7 +4,8 @@ The ``serving_default`` signature takes a whole task:
 
 * ``support_images`` float32 ``[N*K, H, W, C]`` and ``query_images`` float32 ``[M, H, W, C]``,
   as decoded from the dataset's PNGs and scaled to [0, 1] (Omniglot: background 1, ink 0),
-  any spatial size, C = 1 (grey) or 3 (RGB, averaged to grey);
+  any spatial size, C = 1 (grey) or 3 (RGB), converted to the model's channels (RGB averaged to
+  grey for Omniglot models, grey repeated to RGB for miniImageNet models);
 * ``support_labels`` int32 ``[N*K]``, every label 0..N-1 present, N the trained ways;
 
 and returns ``probabilities`` float32 ``[M, N]``: for the Bayesian model the posterior predictive
@@ -79,26 +80,31 @@ def checked_request(support_images, support_labels, query_images, ways):
         return tf.identity(support_images), tf.identity(support_labels), tf.identity(query_images)
 
 
-def _grey_at_size(images, size, name):
+def _at_size(images, size, model_channels, name):
     channels = tf.shape(images)[-1]
     tf.debugging.assert_equal(tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)), True,
                               message=f"{name} must have 1 (grey) or 3 (RGB) channels")
-    grey = tf.cond(tf.equal(channels, 3), lambda: tf.reduce_mean(images, axis=-1, keepdims=True),
-                   lambda: images[..., :1])
-    grey = tf.ensure_shape(grey, [None, None, None, 1])
-    return tf.clip_by_value(tf.image.resize(grey, (size, size), method="area"), 0.0, 1.0)
+    if model_channels == 3:
+        converted = tf.cond(tf.equal(channels, 1), lambda: tf.repeat(images[..., :1], 3, axis=-1),
+                            lambda: images[..., :3])
+    else:
+        converted = tf.cond(tf.equal(channels, 3), lambda: tf.reduce_mean(images, axis=-1, keepdims=True),
+                            lambda: images[..., :1])
+    converted = tf.ensure_shape(converted, [None, None, None, model_channels])
+    return tf.clip_by_value(tf.image.resize(converted, (size, size), method="area"), 0.0, 1.0)
 
 
 def serving_function(model, image_size):
     """The ``serving_default`` function of ``model`` (an EpisodicModel) for ``image_size`` inputs."""
     ways = model.ways
+    channels = model.encoder.input_shape[-1]  # 1 for Omniglot runs, 3 for miniImageNet runs
 
     def serve(support_images, support_labels, query_images):
         support_images, support_labels, query_images = checked_request(support_images, support_labels,
                                                                        query_images, ways)
-        inputs = {"support_images": _grey_at_size(support_images, image_size, "support_images")[None],
+        inputs = {"support_images": _at_size(support_images, image_size, channels, "support_images")[None],
                   "support_labels": support_labels[None],
-                  "query_images": _grey_at_size(query_images, image_size, "query_images")[None]}
+                  "query_images": _at_size(query_images, image_size, channels, "query_images")[None]}
         return {"probabilities": model.predict_episode(inputs)[0]}
 
     return serve

@@ -33,7 +33,7 @@ class RunConfig:
     shots: int = 1
     queries: int = 15
     encoder: str = "conv4"
-    image_size: int | None = None  # None: the encoder's default (conv4 28, efficientnet_b0 32)
+    image_size: int | None = None  # None: miniimagenet 84, else the encoder's default (conv4 28, efficientnet_b0 32)
     embedding_dim: int = 64
     encoder_weights: str | None = None
     hidden_units: tuple = (64,)

@@ -198,18 +198,50 @@ def test_config_defaults_for_miniimagenet():
         RunConfig(dataset="miniimagenet", shots=1, queries=600).validate()
 
 
-def test_fit_trains_on_miniimagenet_and_writes_its_run(mini_dir, tmp_path):
+@pytest.fixture(scope="module")
+def mini_run(mini_dir, tmp_path_factory):
     from training import fit
 
-    output = tmp_path / "run"
+    output = tmp_path_factory.mktemp("runs") / "mini"
     assert fit.main(["--dataset", "miniimagenet", "--data-dir", str(mini_dir), "--ways", "5", "--shots", "1",
                      "--queries", "2", "--meta-batch", "2", "--steps-per-epoch", "2", "--epochs", "1",
                      "--val-tasks", "2", "--inner-steps", "1", "--output", str(output), "--verbose", "0"]) == 0
-    config = json.loads((output / "config.json").read_text())
+    return output
+
+
+def test_fit_trains_on_miniimagenet_and_writes_its_run(mini_run):
+    config = json.loads((mini_run / "config.json").read_text())
     assert config["dataset"] == "miniimagenet" and config["image_size"] is None
-    history = json.loads((output / "history.json").read_text())
+    history = json.loads((mini_run / "history.json").read_text())
     assert history["epoch"] == [1] and np.isfinite(history["loss"][0]) and np.isfinite(history["val_loss"][0])
-    assert (output / "model.weights.h5").is_file()
+    assert (mini_run / "model.weights.h5").is_file()
+
+
+def test_exported_miniimagenet_model_takes_rgb_and_grey_tasks(mini_dir, tmp_path):
+    """The SavedModel feeds RGB to an RGB encoder (ProtoNet: deterministic, so served == Keras exactly)."""
+    import tensorflow as tf
+
+    from tfp_abml.checkpointing import load_run
+    from tfp_abml.data import make_sampler
+    from training import export, fit
+
+    run, out = tmp_path / "protonet", tmp_path / "savedmodel" / "1"
+    assert fit.main(["--dataset", "miniimagenet", "--method", "protonet", "--data-dir", str(mini_dir), "--ways", "5",
+                     "--shots", "1", "--queries", "2", "--meta-batch", "2", "--steps-per-epoch", "2", "--epochs", "1",
+                     "--val-tasks", "0", "--output", str(run), "--verbose", "0"]) == 0
+    assert export.main(["--run", str(run), "--output", str(out)]) == 0
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    s_img, s_lab, q_img, _ = make_sampler("miniimagenet", "test", 5, 1, 2, seed=3, data_dir=mini_dir,
+                                          image_size=84).sample(0)
+    support, query = (tf.constant(x / 255.0, tf.float32) for x in (s_img, q_img))
+    served = serve(support_images=support, support_labels=tf.constant(s_lab), query_images=query)["probabilities"]
+    _, model = load_run(run)
+    expected = model.predict_episode({"support_images": support[None], "support_labels": s_lab[None],
+                                      "query_images": query[None]})[0]
+    np.testing.assert_allclose(served.numpy(), expected.numpy(), atol=1e-5)
+    grey = lambda x: tf.reduce_mean(x, axis=-1, keepdims=True)
+    from_grey = serve(support_images=grey(support), support_labels=tf.constant(s_lab), query_images=grey(query))
+    assert from_grey["probabilities"].shape == (10, 5)
 
 
 def test_fit_names_a_missing_folder_and_too_many_ways(tmp_path, mini_dir, capsys):
