@@ -4,10 +4,12 @@ miniImageNet (Vinyals et al., 2016) is 100 ImageNet classes x 600 images at
 84x84; the split every few-shot paper uses is Ravi & Larochelle's (2017): 64
 train, 16 validation and 20 test classes, given as ``train.csv``, ``val.csv``
 and ``test.csv`` with ``filename,label`` rows (``n0153282900000005.jpg,
-n01532829``). ImageNet's licence keeps the images from being downloaded
-automatically: users make them from ImageNet with the published scripts (or
-have them from a copy of Ravi's ``images/`` folder) and point ``--data-dir`` at
-them. Layouts found, in ``<data_dir>/miniimagenet/`` or ``<data_dir>/``:
+n01532829``; https://github.com/twitter/meta-learning-lstm/tree/master/data/miniImagenet).
+ImageNet's terms keep the images from being downloaded automatically: users
+make them from ImageNet's ILSVRC-2012 training set with a published script
+(e.g. https://github.com/yaoyao-liu/mini-imagenet-tools, which writes layout 3
+below) and point ``--data-dir`` at them. Layouts found, in
+``<data_dir>/miniimagenet/`` or ``<data_dir>/``:
 
 1. Ravi's: ``images/<filename>`` with the three CSVs beside it, or in
    ``splits/ravi/`` (where this project's shared data folder keeps them).
@@ -36,8 +38,8 @@ SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
 IMAGES_PER_CLASS = 600  # in Ravi & Larochelle's split; a folder may hold fewer (equal in every class)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_HOW_TO_GET = ("make the images from ImageNet with the scripts published with Ravi & Larochelle's split "
-               "(https://github.com/twitter/meta-learning-lstm, see the README's miniImageNet section)")
+_HOW_TO_GET = ("make the images from ImageNet's ILSVRC-2012 training set with a published script such as "
+               "https://github.com/yaoyao-liu/mini-imagenet-tools (see the README's miniImageNet section)")
 
 
 @dataclasses.dataclass(frozen=True)

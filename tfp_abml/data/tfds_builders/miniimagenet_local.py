@@ -46,15 +46,19 @@ class MiniImageNetLocal(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "train/val/test of the Ravi & Larochelle split lists, images at 84x84x3 JPEG."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     miniImageNet's images come from ImageNet (https://image-net.org, free for research after
-    registering) and cannot be downloaded automatically. Make them with the scripts published
-    with Ravi & Larochelle's split (https://github.com/twitter/meta-learning-lstm, or any of the
-    copies of its `images/` folder and CSVs) and lay out the manual dir as
+    registering) and cannot be downloaded automatically. Get Ravi & Larochelle's split lists
+    (https://github.com/twitter/meta-learning-lstm/tree/master/data/miniImagenet), make the
+    images from ILSVRC-2012's training set with a published script, e.g.
+    https://github.com/yaoyao-liu/mini-imagenet-tools
+    (`python mini_imagenet_generator.py --imagenet_dir <ILSVRC2012 train folder>`), and lay
+    out the manual dir as
 
         images/<filename>.jpg                 # e.g. images/n0153282900000005.jpg
         train.csv  val.csv  test.csv          # `filename,label` rows (or in splits/ravi/)
 
     Per-class folders work too: images/<label>/<filename>, <split>/<label>/<filename>, or
-    train/<class>/*.jpg, val/<class>/*.jpg, test/<class>/*.jpg without CSVs.
+    train/<class>/*.jpg, val/<class>/*.jpg, test/<class>/*.jpg without CSVs (what
+    mini-imagenet-tools writes into processed_images/).
     """
 
     def _info(self):
