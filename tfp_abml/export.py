@@ -11,7 +11,7 @@ The ``serving_default`` signature takes a whole task:
 and returns ``probabilities`` float32 ``[M, N]``: for the Bayesian model the posterior predictive
 over the model's ``eval_samples`` draws. Resizing to the encoder's size happens inside. A
 malformed request fails with an ``InvalidArgumentError`` that says what is wrong, before anything
-is computed from it (see ``checked_request``); wrong dtypes or ranks are refused by the signature.
+is computed from it (see ``checked_request``); a wrong dtype is refused by the signature itself.
 
 Written with ``keras.export.ExportArchive`` (which tracks the model's variables, unlike a plain
 ``tf.saved_model.save`` of a wrapper) to a temporary folder that is renamed into place.
@@ -34,16 +34,40 @@ from tfp_abml.errors import UserInputError
 MAX_REQUEST_IMAGES = 2048
 MAX_REQUEST_VALUES = 2 ** 26
 
+# The signature declares no ranks: with a declared rank TensorFlow takes it as known, folds
+# every rank check to "true" and lets a 3-D image batch through to fail somewhere deep with a
+# misleading message. Without one, ``checked_request`` checks the ranks and says which is wrong.
+INPUT_SIGNATURE = [tf.TensorSpec(None, tf.float32, name="support_images"),
+                   tf.TensorSpec(None, tf.int32, name="support_labels"),
+                   tf.TensorSpec(None, tf.float32, name="query_images")]
+
+
+def _with_rank(tensor, rank, message):
+    """``tensor`` after a runtime check of its rank, with that rank known statically from then on.
+
+    A reshape to its own leading dimensions, not ``tf.ensure_shape``: TensorFlow's graph
+    optimiser runs an EnsureShape before the checks it depends on, and its message is vaguer.
+    """
+    with tf.control_dependencies([tf.debugging.assert_equal(tf.rank(tensor), rank, message=message)]):
+        tensor = tf.identity(tensor)
+    shape = tf.shape(tensor)
+    return tf.reshape(tensor, tf.stack([shape[i] for i in range(rank)]))
+
 
 def checked_request(support_images, support_labels, query_images, ways):
     """The three request tensors, made to depend on every check of the request.
 
-    Each failed check is an ``InvalidArgumentError`` that names the problem: a request over the
-    size limits (checked first, before any pixel is read), an empty set, lengths or channels that
-    differ, labels outside 0..N-1 or a label without an example, empty images, NaN or infinite
-    pixels, pixels outside [0, 1]. Whatever is computed from the returned tensors runs only after
-    all checks passed.
+    Each failed check is an ``InvalidArgumentError`` that names the problem: a wrong rank
+    (checked first), a request over the size limits (next, before any pixel is read), an empty
+    set, lengths or channels that differ, labels outside 0..N-1 or a label without an example,
+    empty images, NaN or infinite pixels, pixels outside [0, 1]. Whatever is computed from the
+    returned tensors runs only after all checks passed.
     """
+    support_images = _with_rank(support_images, 4, "support_images must be 4-D [count, height, width, "
+                                                   "channels]: add a channel axis to grey images")
+    query_images = _with_rank(query_images, 4, "query_images must be 4-D [count, height, width, channels]: "
+                                               "add a channel axis to grey images")
+    support_labels = _with_rank(support_labels, 1, "support_labels must be 1-D, one label per support image")
     count = tf.shape(support_images)[0] + tf.shape(query_images)[0]
     values = tf.size(support_images, out_type=tf.int64) + tf.size(query_images, out_type=tf.int64)
     with tf.control_dependencies([
@@ -131,10 +155,8 @@ def export_saved_model(model, image_size, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serving_function(model, image_size), input_signature=[
-        tf.TensorSpec([None, None, None, None], tf.float32, name="support_images"),
-        tf.TensorSpec([None], tf.int32, name="support_labels"),
-        tf.TensorSpec([None, None, None, None], tf.float32, name="query_images")])
+    archive.add_endpoint(name="serving_default", fn=serving_function(model, image_size),
+                         input_signature=INPUT_SIGNATURE)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         archive.write_out(str(staging / "model"), verbose=False)
