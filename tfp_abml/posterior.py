@@ -46,35 +46,43 @@ class AmortizedPosterior(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.cell = keras.layers.LSTMCell(self.units, name="lstm_cell")
         rho_bias = float(rho_from_scale(initial_scale))
-        self.loc_heads, self.rho_heads = [], []
+        # Each head is its own attribute: tf.train.Checkpoint does not see layers kept in a Python
+        # list of a Keras 3 layer, so listed heads were silently left out of training checkpoints.
+        # With a symmetric output there is no loc head for the last layer.
         for index, (fan_in, fan_out) in enumerate(self.layer_shapes):
             size = fan_in * fan_out + fan_out
             if self.symmetric_output and index == len(self.layer_shapes) - 1:
                 size = fan_in + 1  # one rho per input unit, one for the biases; no means
-                self.loc_heads.append(None)
             else:
-                self.loc_heads.append(keras.layers.Dense(
+                setattr(self, f"loc_head_{index}", keras.layers.Dense(
                     size, kernel_initializer=keras.initializers.VarianceScaling(
                         1.0 / self.head_multiplier ** 2, mode="fan_avg", distribution="uniform"),
                     name=f"loc_head_{index}"))
             # Small kernel, bias at the initial scale: posteriors start narrow and alike.
-            self.rho_heads.append(keras.layers.Dense(
+            setattr(self, f"rho_head_{index}", keras.layers.Dense(
                 size, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3 / self.head_multiplier),
                 bias_initializer=keras.initializers.Constant(rho_bias / self.head_multiplier),
                 name=f"rho_head_{index}"))
 
+    @property
+    def loc_heads(self):
+        return [getattr(self, f"loc_head_{i}") for i in range(len(self.layer_shapes)) if hasattr(self, f"loc_head_{i}")]
+
+    @property
+    def rho_heads(self):
+        return [getattr(self, f"rho_head_{i}") for i in range(len(self.layer_shapes))]
+
     def build(self, input_shape):
         self.cell.build((None, self.noise_dim))
-        for loc_head, rho_head in zip(self.loc_heads, self.rho_heads):
-            if loc_head is not None:
-                loc_head.build((None, self.units))
-            rho_head.build((None, self.units))
+        for head in [*self.loc_heads, *self.rho_heads]:
+            head.build((None, self.units))
 
     def call(self, h0):
         tasks = tf.shape(h0)[0]
         state = [h0, tf.zeros_like(h0)]
         params = []
-        for (fan_in, fan_out), loc_head, rho_head in zip(self.layer_shapes, self.loc_heads, self.rho_heads):
+        for index, ((fan_in, fan_out), rho_head) in enumerate(zip(self.layer_shapes, self.rho_heads)):
+            loc_head = getattr(self, f"loc_head_{index}", None)
             noise = keras.random.normal((tasks, self.noise_dim), seed=self.seed_generator)
             output, state = self.cell(noise, state)
             rho = self.head_multiplier * rho_head(output)
