@@ -62,7 +62,7 @@ def parse_setting(text):
     return int(match[1]), int(match[2])
 
 
-def train_and_evaluate(config, output, minutes=None, tasks=600, seed=0, verbose=2):
+def train_and_evaluate(config, output, minutes=None, tasks=600, seed=0, verbose=2, ood=True):
     """Train ``config`` from scratch in ``output`` (for its epochs, or until ``minutes`` of wall clock),
     then evaluate on ``tasks`` seeded test tasks (plus as many OOD tasks); returns the scores."""
     from tfp_abml.checkpointing import load_run, read_json
@@ -75,7 +75,7 @@ def train_and_evaluate(config, output, minutes=None, tasks=600, seed=0, verbose=
     train_seconds = time.perf_counter() - start
     epochs = read_json(output / "history.json")["epoch"][-1]
     config, model = load_run(output)
-    result = evaluate_run(config, model, "test", tasks, seed, progress=bool(verbose))
+    result = evaluate_run(config, model, "test", tasks, seed, ood=ood, progress=bool(verbose))
     for key in ("probabilities", "labels"):
         result.pop(key)
     result.update(method=config.method, train_seconds=round(train_seconds, 1),
@@ -92,10 +92,24 @@ def run_method(method, ways, shots, args):
                        meta_batch=args.meta_batch, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
                        val_tasks=0, seed=args.seed, data_dir=args.data_dir, **variant).validate()
     output = pathlib.Path(args.runs_dir) / f"{ways}w{shots}s-{method}"
-    result = train_and_evaluate(config, output, args.minutes, args.tasks, args.seed, args.verbose)
+    result = train_and_evaluate(config, output, args.minutes, args.tasks, args.seed, args.verbose, not args.no_ood)
     if method == "abml":
         result["variant"] = args.abml_variant
+        if args.export_abml:
+            result["savedmodel"] = export_run(output, pathlib.Path(args.export_abml) / f"omniglot-{ways}w{shots}s" / "1")
     return result
+
+
+def export_run(run_dir, path):
+    """Export a trained run as a SavedModel (``training.export``); returns its path and size."""
+    from tfp_abml.checkpointing import load_run
+    from tfp_abml.export import export_saved_model
+
+    config, model = load_run(run_dir)
+    export_saved_model(model, config.resolved_image_size, path)
+    size = sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
+    print(f"exported {path} ({size / 2**20:.1f} MiB)", flush=True)
+    return {"path": str(path), "megabytes": round(size / 2**20, 2)}
 
 
 def headline(result):
@@ -150,6 +164,10 @@ def main(argv=None):
     p.add_argument("--abml-variant", default="paper", choices=list(ABML_VARIANTS),
                    help="which amortized-BNN variant the abml row trains (see benchmarks/ablation.py)")
     p.add_argument("--tasks", type=int, default=600)
+    p.add_argument("--no-ood", action="store_true",
+                   help="skip the OOD pass (2N-way tasks: 40-way for the 20-way settings, costly on a CPU)")
+    p.add_argument("--export-abml", default=None, metavar="DIR",
+                   help="export each setting's abml model to DIR/omniglot-<ways>w<shots>s/1 (e.g. savedmodels)")
     p.add_argument("--encoder", default="conv4")
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--meta-batch", type=int, default=4)
@@ -169,7 +187,8 @@ def main(argv=None):
                   f"{args.episodes} episodes" if args.episodes else ""]
         budget = (f"{' or '.join(x for x in limits if x)} of training per method on {platform.machine()} with "
                   f"{os.cpu_count()} CPU cores, {args.encoder}, meta-batch {args.meta_batch}, {args.queries} queries "
-                  f"per class, no validation; {args.tasks} test tasks (95% CI), ECE over 15 bins")
+                  f"per class, no validation; {args.tasks} test tasks (95% CI), ECE over 15 bins"
+                  + ("; no OOD pass" if args.no_ood else ""))
         results = {"budget": budget, "methods": dict(previous.get("methods", {}))}
         if previous.get("budget") not in (None, budget):
             results["methods"] = {}  # a different budget: do not mix
