@@ -220,10 +220,13 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     from tfp_abml.checkpointing import TrainingState, checkpoint_callback, read_json, write_json_atomic
     from tfp_abml.data import episode_dataset
 
-    keras.utils.set_random_seed(config.seed)
     train_sampler = config.sampler("train")
     val_sampler = config.sampler("val", seed=config.seed + 1_000_003) if config.val_tasks else None
 
+    # Seeded after loading the data, right before the model draws its initial weights: loading
+    # consumes Python random numbers only when the images are not cached yet, and the unseeded
+    # initialisers and seed generators of Keras draw theirs from Python's random module.
+    keras.utils.set_random_seed(config.seed)
     model = config.compiled_model()
     model(config.example_inputs())  # creates the variables, which the optimizer and checkpoint need
     state = TrainingState(model, output / "checkpoints")
