@@ -1,4 +1,9 @@
-"""Episodic data: reader (omniglot) -> class splits (splits) -> task sampling (sampling) -> tf.data (pipeline)."""
+"""Episodic data: readers -> class splits -> task sampling (sampling) -> tf.data (pipeline).
+
+Omniglot: ``omniglot`` (reader) -> ``splits`` (Vinyals or Lake classes); miniImageNet:
+``miniimagenet`` (Ravi & Larochelle's classes). Both read their images through TFDS
+(``tfds_builders``: local builders for files on disk, TFDS's own ``omniglot`` online).
+"""
 
 from tfp_abml.data.pipeline import DATASETS, episode_dataset, make_sampler
 from tfp_abml.data.sampling import EpisodeSampler
