@@ -10,6 +10,7 @@ command again resumes from the last checkpoint; a different config on the same
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import shutil
 import sys
@@ -100,6 +101,10 @@ def parse_config(argv):
         raise UserInputError(f"--max-minutes must be > 0, got {args.max_minutes}")
     if args.seed < 0:
         raise UserInputError(f"--seed must be >= 0, got {args.seed}")
+    for action in parser._actions:  # argparse's float() takes "inf" and "nan"; no setting here means them
+        value = getattr(args, action.dest, None)
+        if action.type is float and value is not None and not math.isfinite(value):
+            raise UserInputError(f"{action.option_strings[0]} must be a finite number, got {value}")
     values = {k: v for k, v in vars(args).items()
               if k not in ("config", "output", "overwrite", "verbose", "max_minutes")}
     values["hidden_units"] = tuple(values["hidden_units"])

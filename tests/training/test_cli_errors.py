@@ -1,0 +1,129 @@
+"""Every invalid flag value or combination of the command-line tools: exit code 2, one ``error:`` line.
+
+Table-driven over ``training.fit``, ``training.evaluate`` and ``training.export``. Most cases call
+``main(argv)`` in-process (fast); a few run the real command in a subprocess, where a traceback
+or a wrong exit code would show exactly as a user sees it. ``{run}`` is a folder that looks like a
+training run (a 5-way ``abml`` config.json) but has no checkpoint yet; ``{file}`` an ordinary
+file; ``{folder}`` a folder of someone's files; ``{data}`` the real data directory.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tfp_abml.checkpointing import write_json_atomic
+from tfp_abml.run_config import RunConfig
+from training import evaluate, export, fit
+
+TOOLS = {"fit": fit, "evaluate": evaluate, "export": export}
+
+CASES = [
+    # training.fit: flag values
+    ("fit", ["--steps-per-epoch", "0"], "--steps-per-epoch must be an integer >= 1"),
+    ("fit", ["--meta-batch", "0"], "--meta-batch must be an integer >= 1"),
+    ("fit", ["--epochs", "-1"], "--epochs must be an integer >= 1"),
+    ("fit", ["--queries", "0"], "--queries must be an integer >= 1"),
+    ("fit", ["--inner-steps", "-1"], "--inner-steps must be an integer >= 0"),
+    ("fit", ["--eval-samples", "0"], "--eval-samples must be an integer >= 1"),
+    ("fit", ["--initial-scale", "0"], "--initial-scale must be > 0"),
+    ("fit", ["--learning-rate", "inf"], "--learning-rate must be a finite number, got inf"),
+    ("fit", ["--kl-scale", "nan"], "--kl-scale must be a finite number, got nan"),
+    ("fit", ["--image-size", "8"], "--image-size 8 is too small for conv4"),
+    ("fit", ["--hidden-units", "0"], "--hidden-units must be positive integers"),
+    ("fit", ["--seed", "-1"], "--seed must be >= 0"),
+    ("fit", ["--max-minutes", "0"], "--max-minutes must be > 0"),
+    ("fit", ["--verbose", "3"], "argument --verbose: invalid choice"),
+    ("fit", ["--split-scheme", "random"], "argument --split-scheme: invalid choice"),
+    ("fit", ["--jit", "maybe"], "argument --jit: invalid choice"),
+    ("fit", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ("fit", ["--ways"], "argument --ways: expected one argument"),
+    # training.fit: combinations, config files, output folders
+    ("fit", ["--shots", "10", "--queries", "11"], "--shots 10 + --queries 11 = 21 is more than the 20"),
+    ("fit", ["--ways", "2000"], "--ways 2000 is larger than the 688 classes of the val split"),
+    ("fit", ["--config", "{folder}/missing.json"], "cannot read config"),
+    ("fit", ["--config", "{config:[5]}"], "must hold a JSON object of settings"),
+    ("fit", ["--config", '{config:{"inner_lr": "big"}}'], "inner_lr must be a number, got 'big'"),
+    ("fit", ["--config", '{config:{"hidden_units": 5}}'], "hidden_units must be a list of integers"),
+    ("fit", ["--config", '{config:{"ways": 5.5}}'], "ways must be an integer, got 5.5"),
+    ("fit", ["--config", '{config:{"warp_speed": 9}}'], "unknown config keys ['warp_speed']"),
+    ("fit", ["--output", "{file}"], "is a file, not a folder"),
+    ("fit", ["--output", "{folder}"], "exists and is not a training run"),
+    ("fit", ["--output", "{folder}", "--overwrite"], "refusing to delete"),
+    ("fit", ["--output", "{run}", "--ways", "3"], "holds a run with a different config (ways: 5 -> 3)"),
+    # training.evaluate
+    ("evaluate", [], "the following arguments are required: --run"),
+    ("evaluate", ["--run", "{folder}"], "is not a training run (no config.json)"),
+    ("evaluate", ["--run", "{run}", "--tasks", "0"], "--tasks must be >= 1"),
+    ("evaluate", ["--run", "{run}", "--samples", "0"], "--samples must be >= 1"),
+    ("evaluate", ["--run", "{run}", "--split", "holdout"], "argument --split: invalid choice"),
+    ("evaluate", ["--run", "{run}", "--ways", "3"], "was trained 5-way"),
+    ("evaluate", ["--run", "{run}", "--shots", "15", "--queries", "10"], "is more than the 20"),
+    ("evaluate", ["--run", "{run}"], "has no checkpoint yet"),
+    # training.export
+    ("export", ["--run", "{run}"], "the following arguments are required: --output"),
+    ("export", ["--run", "{run}", "--output", "{folder}/sm", "--samples", "0"], "--samples must be >= 1"),
+    ("export", ["--run", "{folder}", "--output", "{folder}/sm"], "is not a training run"),
+    ("export", ["--run", "{run}", "--output", "{folder}/sm"], "has no checkpoint yet"),
+    ("export", ["--run", "{run}", "--output", "{file}"], "is a file: give a folder for the SavedModel"),
+    ("export", ["--run", "{run}", "--output", "{folder}"], "holds no SavedModel; refusing to replace it"),
+]
+# TensorFlow's C++ runtime logs a few lines at import (absl, before TF_CPP_MIN_LOG_LEVEL applies):
+# not the tool's output, so not counted.
+TF_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWE]\d{4} \d\d:\d\d:\d\d)")
+# These run as real commands: the flag parser, a config file, and a late, TensorFlow-side check.
+SUBPROCESS = {("fit", "--config", '{config:{"inner_lr": "big"}}'), ("evaluate", "--run", "{run}"),
+              ("export", "--run", "{run}", "--output", "{file}")}
+
+
+@pytest.fixture
+def places(tmp_path, data_dir):
+    run = tmp_path / "run"
+    write_json_atomic(run / "config.json", RunConfig(ways=5, data_dir=str(data_dir)).to_dict())
+    (tmp_path / "notes.txt").write_text("not a folder")
+    folder = tmp_path / "my-files"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    return {"run": str(run), "file": str(tmp_path / "notes.txt"), "folder": str(folder), "data": str(data_dir),
+            "tmp": tmp_path}
+
+
+def _fill(args, places):
+    filled = []
+    for arg in args:
+        if arg.startswith("{config:"):
+            path = places["tmp"] / f"config-{len(list(places['tmp'].glob('config-*')))}.json"
+            path.write_text(arg[len("{config:"):-1])
+            arg = str(path)
+        filled.append(arg.format(**{k: v for k, v in places.items() if k != "tmp"}))
+    return filled
+
+
+@pytest.mark.parametrize("tool, args, message", CASES, ids=[f"{t}:{' '.join(a) or '(none)'}" for t, a, _ in CASES])
+def test_invalid_flags_exit_2_with_one_error_line(tool, args, message, places, capsys):
+    argv = _fill(args, places)
+    if tool == "fit" and "--data-dir" not in argv:
+        argv += ["--data-dir", places["data"]]
+    if tool == "fit" and "--output" not in argv:
+        argv += ["--output", str(places["tmp"] / "new-run")]
+    if (tool, *args) in SUBPROCESS:
+        result = subprocess.run([sys.executable, "-m", f"training.{tool}", *argv], cwd=REPO, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        code, err = result.returncode, result.stderr
+    else:
+        code, err = TOOLS[tool].main(argv), capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line and not TF_NATIVE_LOG.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    # Nothing of the user's was touched.
+    assert (places["tmp"] / "my-files" / "thesis.tex").read_text() == "precious"
+    assert json.loads((places["tmp"] / "run" / "config.json").read_text())["ways"] == 5
+
+
+def test_at_least_15_cases_cover_every_tool():
+    assert len(CASES) >= 15 and {tool for tool, _, _ in CASES} == set(TOOLS)
