@@ -30,6 +30,10 @@ def test_posterior_scales_are_positive_and_bounded_with_finite_gradients():
     assert np.all(scale >= np.float32(SCALE_FLOOR)) and np.all(scale <= np.float32(SCALE_FLOOR + SCALE_CEILING))
     assert np.all(np.isfinite(gradient)) and np.all(gradient >= 0)
     assert np.all(np.diff(scale) >= 0)  # monotone: a larger rho never gives a smaller scale
+    # Below a scale of 1 the ceiling changes nothing that matters: softplus(rho) + floor within 1e-6.
+    useful = tf.constant(np.linspace(-10.0, 0.5, 50), tf.float32)
+    np.testing.assert_allclose(scale_from_rho(useful).numpy(), (tf.nn.softplus(useful) + SCALE_FLOOR).numpy(),
+                               rtol=1e-6)
 
 
 def test_kl_stays_finite_for_extreme_rho():

@@ -65,6 +65,17 @@ def test_same_seed_same_losses_other_seed_other_losses(reference, data_dir, tmp_
     assert _history(other)["loss"][0] != first["loss"][0]
 
 
+def test_a_json_write_that_fails_midway_leaves_the_old_file_and_no_litter(tmp_path):
+    from tfp_abml.checkpointing import write_json_atomic
+
+    path = tmp_path / "history.json"
+    write_json_atomic(path, {"epoch": [1, 2]})
+    with pytest.raises(TypeError):  # fails after part of the document was written
+        write_json_atomic(path, {"epoch": [1, 2, 3], "loss": [0.5, object()]})
+    assert json.loads(path.read_text()) == {"epoch": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
 def _start(data_dir, output):
     return subprocess.Popen([sys.executable, "-m", "training.fit", *_args(data_dir, output, "--epochs", str(EPOCHS))],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
