@@ -24,6 +24,7 @@ from tests.conftest import REPO
 from training import fit
 
 EPOCHS, STEPS, META_BATCH = 6, 2, 1
+RTOL = 1e-5  # what "the same numbers" allows: see test_same_seed_same_losses_other_seed_other_losses
 TINY = ["--method", "abml", "--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch", str(META_BATCH),
         "--steps-per-epoch", str(STEPS), "--val-tasks", "0", "--inner-steps", "1", "--embedding-dim", "16",
         "--hidden-units", "16", "--noise-dim", "8", "--verbose", "0"]
@@ -59,10 +60,12 @@ def test_same_seed_same_losses_other_seed_other_losses(reference, data_dir, tmp_
     again, other = tmp_path / "again", tmp_path / "other"
     assert fit.main(_args(data_dir, again, "--epochs", "3")) == 0
     assert fit.main(_args(data_dir, other, "--epochs", "3", "--seed", "1")) == 0
-    # Same seed, same machine: the same numbers, bit for bit.
+    # Same seed, same machine: the same numbers. Usually bit for bit, but multi-threaded CPU kernels
+    # may sum in another order under load (seen: 1e-7 relative after 3 epochs), hence the tolerance;
+    # another seed, or a resume that lost any state, differs by 1e-3 or more.
     for key in ("loss", "nll", "kl", "accuracy"):
-        assert _history(again)[key] == first[key][:3], key
-    assert _history(other)["loss"][0] != first["loss"][0]
+        np.testing.assert_allclose(_history(again)[key], first[key][:3], rtol=RTOL, err_msg=key)
+    assert abs(_history(other)["loss"][0] - first["loss"][0]) > 100 * RTOL * first["loss"][0]
 
 
 def test_a_json_write_that_fails_midway_leaves_the_old_file_and_no_litter(tmp_path):
@@ -123,7 +126,7 @@ def test_sigkill_then_resume_ends_as_if_never_interrupted(reference, data_dir, t
     assert (output / "model.weights.h5").is_file()
     # ...and so did everything else: the losses equal the uninterrupted run's.
     for key in ("loss", "nll", "kl", "accuracy"):
-        np.testing.assert_allclose(history[key], expected[key], rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(history[key], expected[key], rtol=RTOL, err_msg=key)
 
 
 def _copy(reference, tmp_path):
@@ -154,7 +157,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(referenc
     assert f"cannot read checkpoint {latest}" in err and f"resuming from {latest.with_name(f'ckpt-{EPOCHS - 1}')}" in err
     assert f"after epoch {EPOCHS - 1} of {EPOCHS}" in out
     # The lost epoch was trained again, from the same state: the same numbers as the first time.
-    np.testing.assert_allclose(_history(output)["loss"], _history(reference)["loss"], rtol=1e-6)
+    np.testing.assert_allclose(_history(output)["loss"], _history(reference)["loss"], rtol=RTOL)
     assert _checkpoint_value(output, EPOCHS, OPTIMIZER_STEP) == EPOCHS * STEPS
 
 
