@@ -59,7 +59,11 @@ def seed_states(model):
 
 
 class CheckpointMismatchError(ValueError):
-    """A readable checkpoint that does not fit the model (written by other code or another config)."""
+    """A readable checkpoint that does not fit the model (written by other code or another config).
+
+    Not a damaged file: every older checkpoint of the run would not fit either, so restoring
+    stops at once instead of falling back.
+    """
 
 
 class TrainingState:
@@ -132,7 +136,7 @@ class TrainingState:
 
         try:
             self.core.restore(path).expect_partial().assert_existing_objects_matched()
-        except AssertionError as err:
+        except (AssertionError, ValueError) as err:  # a variable missing, or of another shape
             raise CheckpointMismatchError(_first_line(err)) from err
         saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("seeds/")]
         if len(saved) == len(self.seeds):

@@ -169,3 +169,21 @@ def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(reference, data
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: no checkpoint in") and "--overwrite" in err[-1]
     assert _history(output)["epoch"] == list(range(1, EPOCHS + 1))  # nothing was overwritten
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(reference, tmp_path):
+    """Code that changed a layer's shape since the checkpoint was written: stop and say so, no fallback."""
+    from tfp_abml.checkpointing import TrainingState
+    from tfp_abml.errors import UserInputError
+    from tfp_abml.run_config import RunConfig
+
+    config = RunConfig.from_dict({**json.loads((reference / "config.json").read_text()), "hidden_units": [32]})
+    model = config.compiled_model()
+    model(config.example_inputs())
+    messages = []
+    state = TrainingState(model, _copy(reference, tmp_path) / "checkpoints", log=messages.append)
+    with pytest.raises(UserInputError, match=rf"checkpoint .*ckpt-{EPOCHS} does not match this model "
+                                             r"\(Received incompatible tensor"):
+        state.restore()
+    assert messages == []
+
