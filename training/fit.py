@@ -77,7 +77,8 @@ def build_parser():
                        help="validation tasks after each epoch (0: no validation)")
     train.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for tasks and weights")
     train.add_argument("--jit", default=_DEFAULTS.jit, choices=JIT_MODES,
-                       help="XLA for the outer update; auto: on with a GPU, off on CPU (measured slower there)")
+                       help="XLA for the outer update; auto: the faster on this device, measured once per "
+                            "model shape and cached (runs under 1000 outer updates: off; see README)")
     run = p.add_argument_group("run")
     run.add_argument("--config", default=None, help="JSON file of settings (e.g. from training.tune); flags win")
     run.add_argument("--output", default=None, help="run directory; default runs/<dataset>-<ways>w<shots>s[-<method>]")
@@ -232,7 +233,7 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     # consumes Python random numbers only when the images are not cached yet, and the unseeded
     # initialisers and seed generators of Keras draw theirs from Python's random module.
     keras.utils.set_random_seed(config.seed)
-    model = config.compiled_model()
+    model = config.compiled_model(measure_jit=True)  # --jit auto times this device (long runs)
     model(config.example_inputs())  # creates the variables, which the optimizer and checkpoint need
     state = TrainingState(model, output / "checkpoints")
     write_json_atomic(output / "config.json", config.to_dict())

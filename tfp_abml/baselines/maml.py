@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from tfp_abml.episodic import LogitModel
+from tfp_abml.fused_batch_norm import set_fused
 from tfp_abml.inner_loop import sgd_adapt
 
 
@@ -28,6 +29,9 @@ class MAML(LogitModel):
         super().__init__(ways, **kwargs)
         self.encoder = encoder
         self.inner_steps, self.inner_lr, self.first_order = int(inner_steps), float(inner_lr), bool(first_order)
+        # Second order differentiates the encoder twice, which the fused batch norm kernel does
+        # not do exactly (tfp_abml.fused_batch_norm); first order differentiates it once.
+        set_fused(encoder, self.first_order)
         self.network = keras.Model(encoder.inputs, keras.layers.Dense(self.ways, name="classifier")(encoder.outputs[0]),
                                    name="network")
 

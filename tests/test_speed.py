@@ -1,0 +1,110 @@
+"""The speed work's library code: the fused batch norm layer, the --jit auto rule, the benchmark's CLI.
+
+No timings are asserted here (they depend on the machine and its load); benchmarks/speed.py
+measures them.
+"""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfp_abml import jit_choice
+from tfp_abml.encoders import build_encoder
+from tfp_abml.fused_batch_norm import FusedBatchNormalization, fuse_batch_norm, set_fused
+from tfp_abml.run_config import RunConfig
+
+from tests.conftest import REPO
+
+
+def _plain_conv4():
+    """Conv-4 with Keras's own batch norm, the same weights as ``build_encoder``'s."""
+    fused = build_encoder("conv4", 28)
+    plain = keras.models.clone_model(fused, clone_function=lambda layer: (
+        keras.layers.BatchNormalization.from_config(layer.get_config())
+        if isinstance(layer, FusedBatchNormalization) else layer.__class__.from_config(layer.get_config())))
+    plain.set_weights(fused.get_weights())
+    return plain, fused
+
+
+def test_fused_batch_norm_matches_keras_values_gradients_and_moving_statistics():
+    plain, fused = _plain_conv4()
+    assert sum(isinstance(layer, FusedBatchNormalization) for layer in fused.layers) == 4
+    assert [v.path for v in plain.weights] == [v.path for v in fused.weights]  # checkpoints load both ways
+    images = tf.random.uniform((12, 28, 28, 1))
+    for training in (True, False):
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = [model(images, training=training) for model in (plain, fused)]
+            losses = [tf.reduce_sum(out ** 2) for out in outputs]
+        np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+        for a, b in zip(tape.gradient(losses[0], plain.trainable_variables),
+                        tape.gradient(losses[1], fused.trainable_variables)):
+            np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4 * float(tf.reduce_max(tf.abs(a))))
+    for a, b in zip(plain.get_weights(), fused.get_weights()):  # moving mean and (biased) variance
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def _second_order(model, images):
+    weights = model.trainable_variables
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            loss = tf.reduce_sum(model(images, training=True) ** 2)
+        grads = inner.gradient(loss, weights)
+        norm = tf.add_n([tf.reduce_sum(g ** 2) for g in grads])
+    return outer.gradient(norm, weights)
+
+
+def test_second_order_maml_differentiates_keras_ops_not_the_fused_kernel():
+    """TensorFlow's second derivative of the fused kernel is inexact behind a convolution, so
+    second-order MAML switches it off; with it off the layer's second derivatives are Keras's."""
+    plain, fused = _plain_conv4()
+    maml = RunConfig(method="maml").build_model()
+    assert not any(layer.fused for layer in maml.encoder.layers if isinstance(layer, FusedBatchNormalization))
+    assert all(layer.fused for layer in RunConfig(method="maml", first_order=True).build_model().encoder.layers
+               if isinstance(layer, FusedBatchNormalization))
+    set_fused(fused, False)
+    images = tf.random.uniform((6, 28, 28, 1))
+    for a, b in zip(_second_order(plain, images), _second_order(fused, images)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(tf.reduce_max(tf.abs(a))))
+
+
+def test_fuse_batch_norm_leaves_a_model_without_batch_norm_alone():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert fuse_batch_norm(model) is model
+
+
+def test_jit_auto_is_off_unless_a_long_run_asks_for_a_measurement(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFP_ABML_CACHE_DIR", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(jit_choice, "measure_in_subprocess",
+                        lambda config: measured.append(config) or {"xla": True, "xla_ms": 5.0, "no_xla_ms": 9.0})
+    assert RunConfig(jit="on").keras_jit_compile() is True
+    assert RunConfig(jit="off").keras_jit_compile(measure=True) is False
+    assert RunConfig().keras_jit_compile() is False  # library code: no measurement, off
+    assert RunConfig(epochs=1, steps_per_epoch=10).keras_jit_compile(measure=True) is False  # too short
+    assert measured == []
+    long_run = RunConfig(epochs=20, steps_per_epoch=100)
+    assert long_run.keras_jit_compile(measure=True) is True
+    assert long_run.keras_jit_compile(measure=True) is True  # from the cache
+    assert len(measured) == 1
+    cache = json.loads((tmp_path / "jit_auto.json").read_text())
+    (key, entry), = cache.items()
+    assert key.startswith(jit_choice.device_key()) and entry["xla_ms"] == 5.0
+    assert RunConfig(epochs=20, steps_per_epoch=100, shots=5).keras_jit_compile(measure=True)  # another shape
+    assert len(measured) == 2
+
+
+def test_jit_measurement_batch_has_the_pipeline_layout():
+    inputs, labels = jit_choice.synthetic_batch(RunConfig(ways=3, shots=2, queries=4, meta_batch=2))
+    assert inputs["support_images"].shape == (2, 6, 28, 28, 1) and inputs["query_images"].shape == (2, 12, 28, 28, 1)
+    assert inputs["support_labels"].numpy().tolist() == [[0, 0, 1, 1, 2, 2]] * 2 and labels.shape == (2, 12)
+
+
+def test_speed_benchmark_help_runs():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--full" in result.stdout and "interleaved" in result.stdout
