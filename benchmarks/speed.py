@@ -1,0 +1,238 @@
+"""Speed, as ratios measured side by side: Flipout vs dense, every method's training episodes/s,
+our MAML vs a PyTorch peer, serving latency; each target said met or missed.
+
+    python benchmarks/speed.py --data-dir ../shared/data            # --quick (default), ~10 min on 2 cores
+    python benchmarks/speed.py --data-dir ../shared/data --full     # every encoder, setting and XLA mode
+
+Every figure comes from one run on one machine. Contenders that are compared are built and
+warmed up first (tracing and XLA compilation excluded), then timed interleaved, A, B, A, B,
+..., and the median block of each is kept: load from other processes falls on all of them
+alike, so ratios hold up where absolute times do not. The 1-minute load average is recorded
+before and after. Training steps run as ``training.fit`` runs them (Keras's train function on
+the real episode pipeline). Writes ``benchmarks/results/speed_<machine>.json`` (``--output``
+to change) and prints a table. The PyTorch peer needs ``pip install -e ".[bench]"``; without
+torch and higher it is skipped and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5)}
+ENCODER_SIZES = {"conv4-28": ("conv4", 28), "efficientnet_b0-32": ("efficientnet_b0", 32),
+                 "efficientnet_b0-84": ("efficientnet_b0", 84)}
+TARGETS = {"flipout_ratio_max": 1.5, "abml_over_maml_max": 1.3, "conv4_5w1s_abml_min_eps": 20.0,
+           "ours_over_higher_min": 1.0, "serving_p50_max_ms": 50.0}
+
+
+def machine_name():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = f"{len(gpus)}gpu" if gpus else "cpu"
+    return f"{platform.machine()}-{os.cpu_count()}cores-{kind}"
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python benchmarks/speed.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=os.environ.get("TFP_ABML_DATA_DIR"))
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--quick", action="store_true", help="default: Conv-4 groups only, XLA on for 5w1s abml/maml")
+    grid.add_argument("--full", action="store_true", help="every encoder, setting, method and XLA mode (hours on CPU)")
+    p.add_argument("--encoders", nargs="*", choices=list(ENCODER_SIZES), help="override the grid's encoders")
+    p.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="override the grid's settings")
+    p.add_argument("--methods", nargs="*", help="override the grid's methods (default: all)")
+    p.add_argument("--jit", nargs="*", choices=("off", "on"), help="override the grid's XLA modes")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per contender; the median is kept")
+    p.add_argument("--block-seconds", type=float, default=1.5, help="about how long one training block runs")
+    p.add_argument("--flipout-iterations", type=int, default=200, help="layer applications per Flipout block")
+    p.add_argument("--serving-calls", type=int, default=200)
+    p.add_argument("--skip", nargs="*", default=[], choices=("flipout", "training", "torch", "serving"))
+    p.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed_<machine>.json")
+    return p
+
+
+def training_grid(args):
+    """``[(group settings, methods)]``: --quick (default) or --full, with the overrides."""
+    from speed_cases import METHODS
+
+    methods = tuple(args.methods or METHODS)
+    if args.full:
+        encoders, settings, jits = list(ENCODER_SIZES), list(SETTINGS), ["off", "on"]
+    else:
+        encoders, settings, jits = ["conv4-28"], list(SETTINGS), ["off"]
+    encoders, settings, jits = args.encoders or encoders, args.settings or settings, args.jit or jits
+    groups = []
+    for jit in jits:
+        for encoder in encoders:
+            for setting in settings:
+                groups.append((_settings(args, encoder, setting, jit), methods))
+    if not (args.full or args.jit or args.encoders or args.settings):
+        # XLA's effect, measured here rather than assumed, for the two methods the targets compare.
+        groups.append((_settings(args, "conv4-28", "5w1s", "on"), tuple(m for m in ("abml", "maml") if m in methods)))
+    return groups
+
+
+def _settings(args, encoder, setting, jit):
+    name, size = ENCODER_SIZES[encoder]
+    ways, shots = SETTINGS[setting]
+    return {"encoder": name, "image_size": size, "ways": ways, "shots": shots, "jit": jit,
+            "data_dir": args.data_dir}
+
+
+def check_targets(result):
+    """``[{target, value, limit, met}]`` from the measured figures (absent figures: not judged)."""
+    checks = []
+    flip = result.get("flipout")
+    if flip:
+        worst = max(r[mode]["ratio"] for r in flip for mode in ("forward", "forward+backward"))
+        checks.append({"target": "Flipout dense / deterministic dense, worst shape and mode",
+                       "value": worst, "limit": f"<= {TARGETS['flipout_ratio_max']}x",
+                       "met": worst <= TARGETS["flipout_ratio_max"]})
+    rows = result.get("training", [])
+    for row in rows:
+        if row["method"] not in ("abml", "abml-aligned"):
+            continue
+        maml = [r for r in rows if r["method"] == "maml" and _same_group(r, row)]
+        if maml:
+            ratio = row["ms_per_episode"] / maml[0]["ms_per_episode"]
+            checks.append({"target": f"{row['method']} / maml time per episode, {_group_name(row)}",
+                           "value": ratio, "limit": f"<= {TARGETS['abml_over_maml_max']}x",
+                           "met": ratio <= TARGETS["abml_over_maml_max"]})
+    conv4 = [r for r in rows if r["method"] == "abml" and r["encoder"] == "conv4" and (r["ways"], r["shots"]) == (5, 1)]
+    if conv4:
+        best = max(conv4, key=lambda r: r["episodes_per_second"])
+        checks.append({"target": f"Conv-4 5w1s abml episodes/s (best XLA mode: {best['jit']})",
+                       "value": best["episodes_per_second"], "limit": f">= {TARGETS['conv4_5w1s_abml_min_eps']}",
+                       "met": best["episodes_per_second"] >= TARGETS["conv4_5w1s_abml_min_eps"]})
+    peer = result.get("torch_peer")
+    if peer and "ratio" in peer:
+        checks.append({"target": "our maml / higher's maml episodes/s, Conv-4 5w1s",
+                       "value": peer["ratio"], "limit": f">= {TARGETS['ours_over_higher_min']}x",
+                       "met": peer["ratio"] >= TARGETS["ours_over_higher_min"]})
+    serving = result.get("serving")
+    if serving:
+        checks.append({"target": "serving p50 latency, 5w5s SavedModel (ms)", "value": serving["p50_ms"],
+                       "limit": f"< {TARGETS['serving_p50_max_ms']}", "met": serving["p50_ms"] < TARGETS["serving_p50_max_ms"]})
+    return checks
+
+
+def _same_group(a, b):
+    return all(a[k] == b[k] for k in ("encoder", "image_size", "ways", "shots", "jit"))
+
+
+def _group_name(row):
+    return f"{row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s XLA {row['jit']}"
+
+
+def print_report(result):
+    print(f"\nmachine {result['machine']} ({result['cpu']}); load average {result['load_average_before']:.2f} "
+          f"before, {result['load_average_after']:.2f} after\n")
+    if result.get("flipout"):
+        print("Flipout dense vs deterministic dense (us per application, median)")
+        print(f"{'T x M x in->out':18s} {'mode':17s} {'flipout':>9s} {'dense':>9s} {'ratio':>6s}")
+        for row in result["flipout"]:
+            shape = "{} x {} x {}->{}".format(*row["shape"])
+            for mode in ("forward", "forward+backward"):
+                r = row[mode]
+                print(f"{shape:18s} {mode:17s} {r['flipout_us']:9.1f} {r['dense_us']:9.1f} {r['ratio']:5.2f}x")
+        print()
+    if result.get("training"):
+        print("Training (ms per episode, episodes/s; ratio to maml of the same group)")
+        for row in result["training"]:
+            maml = [r for r in result["training"] if r["method"] == "maml" and _same_group(r, row)]
+            ratio = f"{row['ms_per_episode'] / maml[0]['ms_per_episode']:5.2f}x" if maml else "  -"
+            print(f"{_group_name(row):34s} {row['method']:13s} {row['ms_per_episode']:8.1f} ms "
+                  f"{row['episodes_per_second']:7.2f}/s  {ratio}")
+        print()
+    peer = result.get("torch_peer")
+    if peer and "rows" in peer:
+        print(f"PyTorch peer (torch {peer['torch']}, higher {peer['higher']}; the faster thread setting counts)")
+        for name, r in peer["rows"].items():
+            print(f"  {name:16s} {r['ms_per_episode']:8.1f} ms/episode {r['episodes_per_second']:7.2f} episodes/s")
+        print(f"  ours / {peer['best_peer']}: {peer['ratio']:.2f}x\n")
+    elif peer:
+        print(f"PyTorch peer skipped: {peer['skipped']}\n")
+    if result.get("serving"):
+        s = result["serving"]
+        print(f"Serving 5w5s: p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms over {s['calls']} calls\n")
+    print("Targets")
+    for check in result["targets"]:
+        print(f"  {'met   ' if check['met'] else 'MISSED'} {check['target']}: {check['value']:.2f} ({check['limit']})")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import speed_cases as cases
+    from tfp_abml.checkpointing import write_json_atomic
+
+    log = lambda message: print(message, flush=True)
+    result = {"machine": machine_name(), "cpu": cpu_model(), "cores": os.cpu_count(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "load_average_before": os.getloadavg()[0], "mode": "full" if args.full else "quick",
+              "timing": f"median of {args.repeats} interleaved blocks per contender after warm-up",
+              "repeats": args.repeats}
+    if "flipout" not in args.skip:
+        result["flipout"] = []
+        for shape in cases.FLIPOUT_SHAPES:
+            log(f"flipout {shape}")
+            result["flipout"].append({"shape": list(shape),
+                                      **cases.flipout_case(shape, args.flipout_iterations, args.repeats)})
+    if "training" not in args.skip:
+        result["training"] = []
+        for settings, methods in training_grid(args):
+            log(f"training {_group_name(settings)}: {', '.join(methods)}")
+            rows = cases.training_group(methods, settings, args.block_seconds, args.repeats, log)
+            for row in rows:
+                row.pop("data_dir")
+            result["training"] += rows
+    if "torch" not in args.skip:
+        log("PyTorch peer")
+        try:
+            import higher  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError as err:
+            result["torch_peer"] = {"skipped": f"{err}; pip install -e '.[bench]'"}
+        else:
+            peer = cases.torch_peer(_settings(args, "conv4-28", "5w1s", "off"), args.block_seconds, args.repeats)
+            peer["settings"].pop("data_dir")
+            result["torch_peer"] = peer
+    if "serving" not in args.skip:
+        log("serving")
+        with tempfile.TemporaryDirectory() as folder:
+            settings = _settings(args, "conv4-28", "5w5s", "off")
+            result["serving"] = cases.serving_latency(settings, train_steps=5, calls=args.serving_calls, warmup=20,
+                                                      folder=folder)
+            result["serving"]["settings"].pop("data_dir")
+    result["load_average_after"] = os.getloadavg()[0]
+    result["targets"] = check_targets(result)
+    output = pathlib.Path(args.output or RESULTS / f"speed_{result['machine']}.json")
+    write_json_atomic(output, json.loads(json.dumps(result)))
+    print_report(result)
+    print(f"\nwrote {output}")
+
+
+if __name__ == "__main__":
+    main()

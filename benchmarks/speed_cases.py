@@ -1,0 +1,262 @@
+"""What ``benchmarks/speed.py`` times: each case builds its contenders, warms them up, and times
+them interleaved (A, B, A, B, ...) so that load from other processes falls on all of them alike.
+
+A contender is a function ``block()`` that runs one timed block of work to completion and
+returns ``(seconds, units)``: units are episodes for training, calls for serving, layer
+applications for the Flipout comparison. :func:`interleaved` runs the blocks in turn and keeps
+the median per contender.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+# Time per episode of a method, contenders of one training group (same encoder, image size,
+# ways, shots, XLA setting). "abml-aligned" is abml with --posterior aligned.
+METHODS = ("abml", "abml-aligned", "protonet", "matching", "maml", "metasgd")
+FLIPOUT_SHAPES = ((4, 80, 64, 64), (4, 80, 64, 5), (4, 25, 64, 64), (4, 5, 64, 64))  # T, M, in, out
+
+
+def interleaved(contenders, repeats, warmup_rounds=1):
+    """``{name: block}`` -> ``{name: {"median_s_per_unit", "blocks_s_per_unit"}}``, blocks run in turn.
+
+    ``warmup_rounds`` untimed rounds go first: a contender built minutes before (while the
+    others were traced) ran its first block several times slower than the rest, whatever it was.
+    """
+    for _ in range(warmup_rounds):
+        for block in contenders.values():
+            block()
+    per_unit = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, block in contenders.items():
+            seconds, units = block()
+            per_unit[name].append(seconds / units)
+    return {name: {"median_s_per_unit": statistics.median(values), "blocks_s_per_unit": values}
+            for name, values in per_unit.items()}
+
+
+def _clock(run, units):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start, units
+
+
+# -- Flipout dense vs a deterministic dense -----------------------------------------------------
+
+def flipout_case(shape, iterations, repeats):
+    """Flipout dense over a deterministic dense of the same batched shape, forward and forward+backward.
+
+    Each block is one ``tf.function`` call that applies the layer ``iterations`` times in a
+    ``tf.while_loop`` (each application feeds the next, so nothing is hoisted out of the loop):
+    this times the layer inside a graph, as training runs it, not Python's call overhead.
+    The deterministic layer is ``einsum(x, kernel) + bias``; the Flipout layer
+    (:func:`tfp_abml.flipout.flipout_dense`) also draws its noise and signs, and its backward
+    pass gives gradients for twice the parameters (means and rhos).
+    """
+    import keras
+    import tensorflow as tf
+
+    from tfp_abml.flipout import DenseParams, flipout_dense, rho_from_scale
+
+    tasks, examples, fan_in, fan_out = shape
+    x = tf.random.normal((tasks, examples, fan_in))
+    cotangent = tf.random.normal((tasks, examples, fan_out))
+    kernel = 0.1 * tf.random.normal((tasks, fan_in, fan_out))
+    bias = tf.zeros((tasks, fan_out))
+    rho = float(rho_from_scale(0.01))
+    flip_params = [kernel, tf.fill(kernel.shape, rho), bias, tf.fill(bias.shape, rho)]
+    dense_params = [kernel, bias]
+    seed = keras.random.SeedGenerator(0)
+
+    def flipout(inputs, params):
+        return flipout_dense(inputs, DenseParams(*params), seed=seed)
+
+    def dense(inputs, params):
+        return tf.einsum("tmi,tio->tmo", inputs, params[0]) + params[1][:, None, :]
+
+    def looped(layer, params, backward):
+        def body(i, inputs, total):
+            if backward:
+                with tf.GradientTape() as tape:
+                    tape.watch([inputs, *params])
+                    outputs = layer(inputs, params)
+                    loss = tf.reduce_sum(outputs * cotangent)
+                grads = tape.gradient(loss, [inputs, *params])
+                used = tf.add_n([tf.reshape(g, [-1])[0] for g in grads])  # every gradient must be computed
+            else:
+                used = tf.reshape(layer(inputs, params), [-1])[0]
+            return i + 1, inputs + 1e-6 * used, total + used
+
+        @tf.function
+        def run():
+            return tf.while_loop(lambda i, *_: i < iterations, body, (tf.constant(0), x, tf.constant(0.0)))[2]
+
+        return run
+
+    results = {}
+    for backward in (False, True):
+        runs = {"flipout": looped(flipout, flip_params, backward), "dense": looped(dense, dense_params, backward)}
+        for run in runs.values():
+            run()  # trace
+        timed = interleaved({name: (lambda run=run: _clock(lambda: float(run()), iterations))
+                             for name, run in runs.items()}, repeats)
+        results["forward+backward" if backward else "forward"] = {
+            "flipout_us": 1e6 * timed["flipout"]["median_s_per_unit"],
+            "dense_us": 1e6 * timed["dense"]["median_s_per_unit"],
+            "ratio": timed["flipout"]["median_s_per_unit"] / timed["dense"]["median_s_per_unit"]}
+    return results
+
+
+# -- training episodes per second ---------------------------------------------------------------
+
+def method_config(method, **settings):
+    """The RunConfig of a benchmark method name (``abml-aligned``: abml with ``posterior="aligned"``)."""
+    from tfp_abml.run_config import RunConfig
+
+    if method == "abml-aligned":
+        return RunConfig(method="abml", posterior="aligned", **settings).validate()
+    return RunConfig(method=method, **settings).validate()
+
+
+def training_contender(config, block_seconds):
+    """Build, compile and warm up ``config``'s model; return ``(block, step_seconds)``.
+
+    Steps run exactly as ``model.fit`` runs them: Keras's own train function pulling
+    meta-batches from the real episode pipeline (sampling, decoding and batching included).
+    A block is as many outer updates as take about ``block_seconds``.
+    """
+    import keras
+
+    from tfp_abml.data import episode_dataset
+
+    keras.utils.set_random_seed(config.seed)
+    model = config.build_model()
+    model.compile(optimizer=keras.optimizers.Adam(config.resolved_learning_rate), jit_compile=config.jit == "on")
+    model(config.example_inputs())
+    iterator = iter(episode_dataset(config.sampler("train"), config.meta_batch))
+    model.make_train_function()
+    train = model.train_function
+
+    def steps(count):
+        for _ in range(count):
+            logs = train(iterator)
+        float(logs["loss"])  # waits for the last step
+
+    start = time.perf_counter()
+    steps(1)  # trace (and compile, with XLA)
+    compile_seconds = time.perf_counter() - start
+    steps(1)
+    seconds, _ = _clock(lambda: steps(2), 2)
+    per_step = seconds / 2
+    count = max(1, round(block_seconds / per_step))
+    block = lambda: _clock(lambda: steps(count), count * config.meta_batch)
+    block.model, block.compile_seconds = model, compile_seconds
+    return block, per_step
+
+
+def training_group(methods, settings, block_seconds, repeats, log=print):
+    """Episodes per second of each method at one setting, timed interleaved. Returns rows."""
+    import gc
+
+    import keras
+
+    contenders, rows = {}, []
+    for method in methods:
+        config = method_config(method, **settings)
+        log(f"  building {method} ...")
+        contenders[method], _ = training_contender(config, block_seconds)
+    timed = interleaved(contenders, repeats)
+    for method in methods:
+        ms = 1000.0 * timed[method]["median_s_per_unit"]
+        rows.append({"method": method, **settings, "ms_per_episode": ms, "episodes_per_second": 1000.0 / ms,
+                     "first_step_s": contenders[method].compile_seconds,
+                     "blocks_ms_per_episode": [1000.0 * s for s in timed[method]["blocks_s_per_unit"]]})
+    del contenders
+    keras.backend.clear_session()
+    gc.collect()
+    return rows
+
+
+# -- the PyTorch peer ----------------------------------------------------------------------------
+
+def torch_peer(settings, block_seconds, repeats):
+    """Our MAML (as ``training.fit`` runs it) and `higher`'s MAML (benchmarks/torch_maml.py), interleaved.
+
+    PyTorch runs with 1 thread and with one per core, each a contender of its own, and the
+    faster counts: its OpenMP threads spin while they wait, which on a shared machine made the
+    all-cores setting several times slower than one thread.
+    """
+    import higher
+    import torch
+
+    from torch_maml import HigherMAML, torch_batch
+
+    config = method_config("maml", **settings)
+    contenders = {"tfp_abml maml": training_contender(config, block_seconds)[0]}
+    sampler = config.sampler("train")
+    peer = HigherMAML(config.ways, config.inner_steps, config.inner_lr, config.resolved_learning_rate,
+                      config.first_order, config.resolved_image_size, seed=config.seed)
+    episode = [0]
+
+    def peer_steps(count, threads):
+        torch.set_num_threads(threads)
+        for _ in range(count):  # sampling inline: a few hundred microseconds per meta-batch
+            peer.step(torch_batch(sampler, episode[0], config.meta_batch))
+            episode[0] += config.meta_batch
+
+    for threads in sorted({1, os.cpu_count()}):
+        peer_steps(1, threads)  # warm-up
+        seconds, _ = _clock(lambda: peer_steps(1, threads), 1)
+        count = max(1, round(block_seconds / seconds))
+        contenders[f"higher maml, {threads} thread{'s' if threads > 1 else ''}"] = (
+            lambda count=count, threads=threads: _clock(lambda: peer_steps(count, threads),
+                                                        count * config.meta_batch))
+    timed = interleaved(contenders, repeats)
+    rows = {name: {"ms_per_episode": 1000.0 * t["median_s_per_unit"],
+                   "episodes_per_second": 1.0 / t["median_s_per_unit"]} for name, t in timed.items()}
+    best = max((name for name in rows if name.startswith("higher")), key=lambda n: rows[n]["episodes_per_second"])
+    return {"settings": settings, "torch": torch.__version__, "higher": getattr(higher, "__version__", "0.2.1"),
+            "rows": rows, "best_peer": best,
+            "ratio": rows["tfp_abml maml"]["episodes_per_second"] / rows[best]["episodes_per_second"]}
+
+
+# -- serving latency -----------------------------------------------------------------------------
+
+def serving_latency(settings, train_steps, calls, warmup, folder):
+    """p50/p95 of ``serving_default`` calls on an exported model fresh from a tiny training run."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfp_abml.data import episode_dataset
+    from tfp_abml.export import export_saved_model
+
+    config = method_config("abml", **settings)
+    keras.utils.set_random_seed(config.seed)
+    model = config.build_model()
+    model.compile(optimizer=keras.optimizers.Adam(config.resolved_learning_rate), jit_compile=False)
+    model(config.example_inputs())
+    model.fit(episode_dataset(config.sampler("train"), config.meta_batch), epochs=1, steps_per_epoch=train_steps,
+              verbose=0)
+    path = export_saved_model(model, config.resolved_image_size, os.path.join(folder, "1"))
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    support, labels, query, _ = config.sampler("test").sample(0)
+    request = {"support_images": tf.constant(support[..., None] / 255.0, tf.float32) if support.ndim == 3
+               else tf.constant(support / 255.0, tf.float32),
+               "support_labels": tf.constant(labels, tf.int32),
+               "query_images": tf.constant(query[..., None] / 255.0, tf.float32) if query.ndim == 3
+               else tf.constant(query / 255.0, tf.float32)}
+    for _ in range(warmup):
+        serve(**request)["probabilities"].numpy()
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        serve(**request)["probabilities"].numpy()
+        latencies.append(time.perf_counter() - start)
+    ms = 1000.0 * np.asarray(latencies)
+    return {"settings": settings, "support_images": int(support.shape[0]), "query_images": int(query.shape[0]),
+            "calls": calls, "warmup_calls": warmup, "train_steps": train_steps,
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "mean_ms": float(ms.mean())}
