@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfp_abml.distribute import replica_loss, step_logs
+
 
 def embed_tasks(encoder, images, training):
     """Apply an encoder of ``[M, H, W, C]`` images to ``[T, M, H, W, C]``: embeddings ``[T, M, D]``."""
@@ -71,19 +73,30 @@ class EpisodicModel(keras.Model):
         values = dict(values, accuracy=query_accuracy(values["probabilities"], query_labels))
         for name, tracker in self.trackers.items():
             tracker.update_state(values[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
     def train_step(self, data):
         inputs, query_labels = data
         with tf.GradientTape() as tape:
             values = self.episode(inputs, query_labels, training=True)
-        gradients = tape.gradient(values["loss"], self.trainable_variables)
+            # With replicas (tfp_abml.distribute) the optimizer sums their gradients: each differentiates its share.
+            loss = replica_loss(values["loss"])
+        gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._record(values, query_labels)
 
     def test_step(self, data):
         inputs, query_labels = data
         return self._record(self.episode(inputs, query_labels, training=False), query_labels)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 workaround (tfp_abml.distribute): under a tf.distribute strategy fit first builds
+        # the model from a batch reduced with strategy.reduce, which fails on our dict of inputs under
+        # MultiWorkerMirroredStrategy. A model built from example inputs has nothing left to build.
+        if self.built and all(layer.built for layer in self._flatten_layers()) and \
+                (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 class LogitModel(EpisodicModel):

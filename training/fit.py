@@ -4,18 +4,21 @@ Writes to ``--output`` (default ``runs/<dataset>-<ways>w<shots>s``): ``config.js
 ``history.json``, ``checkpoints/`` (model, optimizer, epoch after every epoch),
 ``logs/`` (TensorBoard) and ``model.weights.h5`` at the end. Running the same
 command again resumes from the last checkpoint; a different config on the same
-``--output`` is refused unless ``--overwrite`` is given.
+``--output`` is refused unless ``--overwrite`` is given. ``--strategy mirrored`` or
+``multi-worker`` splits every meta-batch over GPUs or machines (:mod:`tfp_abml.distribute`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import shutil
 import sys
 import time
 
+from tfp_abml.distribute import STRATEGIES, check_strategy
 from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, TASK_ENCODINGS, RunConfig
 from training._cli import Parser, run_command
@@ -86,11 +89,14 @@ def build_parser():
     run.add_argument("--max-minutes", type=float, default=None,
                      help="stop at the end of the first epoch that ends after this many minutes")
     run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="0 silent, 1 progress bar, 2 a line per epoch")
+    run.add_argument("--strategy", default="none", choices=STRATEGIES,
+                     help="none: one device; mirrored: this machine's GPUs; multi-worker: the machines in "
+                          "TF_CONFIG (see README); --meta-batch is split evenly over all replicas")
     return p
 
 
 def parse_config(argv):
-    """Flags (over ``--config``, over defaults) -> (RunConfig, output, overwrite, verbose, max_minutes)."""
+    """Flags (over ``--config``, over defaults) -> (RunConfig, output, overwrite, verbose, max_minutes, strategy)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
@@ -107,12 +113,12 @@ def parse_config(argv):
         if action.type is float and value is not None and not math.isfinite(value):
             raise UserInputError(f"{action.option_strings[0]} must be a finite number, got {value}")
     values = {k: v for k, v in vars(args).items()
-              if k not in ("config", "output", "overwrite", "verbose", "max_minutes")}
+              if k not in ("config", "output", "overwrite", "verbose", "max_minutes", "strategy")}
     values["hidden_units"] = tuple(values["hidden_units"])
     config = RunConfig.from_dict(values).validate()
     suffix = "" if config.method == "abml" else f"-{config.method}"
     output = pathlib.Path(args.output or f"runs/{config.dataset}-{config.ways}w{config.shots}s{suffix}")
-    return config, output, args.overwrite, args.verbose, args.max_minutes
+    return config, output, args.overwrite, args.verbose, args.max_minutes, args.strategy
 
 
 def _read_config_file(parser, path):
@@ -203,8 +209,10 @@ def check_data(config):
             raise UserInputError(f"--ways {config.ways} is larger than the {count} classes of the {split} split")
 
 
-def _time_budget(minutes):
+def _time_budget(minutes, strategy):
     import keras
+
+    from tfp_abml.distribute import any_worker
 
     class TimeBudget(keras.callbacks.Callback):
         """Stops training at the end of the first epoch that ends past the budget (whole epochs only)."""
@@ -213,18 +221,37 @@ def _time_budget(minutes):
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            if time.perf_counter() - self.start > 60.0 * minutes:
+            # Workers of a cluster stop together, or the others would wait for them forever.
+            if any_worker(strategy, time.perf_counter() - self.start > 60.0 * minutes):
                 self.model.stop_training = True
 
     return TimeBudget()
 
 
-def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
-    """Build data and model, restore the last checkpoint, fit; returns the Keras History."""
+def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None, strategy="none"):
+    """Build data and model, restore the last checkpoint, fit; returns the Keras History.
+
+    ``strategy`` is a ``--strategy`` name. In a cluster only the chief writes ``output``; every
+    other worker trains alike in a scratch folder that is deleted at the end (tfp_abml.distribute).
+    """
+    from tfp_abml import distribute
+
+    strategy = distribute.make_strategy(strategy)  # first: MultiWorkerMirroredStrategy must precede other TF ops
+    distribute.replica_meta_batch(config.meta_batch, strategy.num_replicas_in_sync)
+    if distribute.is_chief(strategy):
+        return _train(config, output, verbose, max_minutes, strategy)
+    scratch = distribute.scratch_dir()
+    try:
+        return _train(config, scratch, verbose, max_minutes, strategy)
+    finally:
+        distribute.remove_scratch(scratch)
+
+
+def _train(config, output, verbose, max_minutes, strategy):
     import keras
 
+    from tfp_abml import distribute
     from tfp_abml.checkpointing import TrainingState, checkpoint_callback, read_json, write_json_atomic
-    from tfp_abml.data import episode_dataset
 
     train_sampler = config.sampler("train")
     val_sampler = config.sampler("val", seed=config.seed + 1_000_003) if config.val_tasks else None
@@ -233,14 +260,20 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     # consumes Python random numbers only when the images are not cached yet, and the unseeded
     # initialisers and seed generators of Keras draw theirs from Python's random module.
     keras.utils.set_random_seed(config.seed)
-    model = config.compiled_model(measure_jit=True)  # --jit auto times this device (long runs)
-    model(config.example_inputs())  # creates the variables, which the optimizer and checkpoint need
-    state = TrainingState(model, output / "checkpoints")
+    chief = distribute.is_chief(strategy)
+    with strategy.scope():  # variables mirrored on every replica; without --strategy the default scope
+        model = config.compiled_model(measure_jit=True)  # --jit auto times this device (long runs)
+        model(config.example_inputs())  # creates the variables, which the optimizer and checkpoint need
+        distribute.synchronize_batch_norm(model, strategy)
+        state = TrainingState(model, output / "checkpoints")
     write_json_atomic(output / "config.json", config.to_dict())
 
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()
-    if initial_epoch:
+    if distribute.is_multi_worker(strategy):  # only the chief has checkpoints: everyone continues from its state
+        distribute.copy_from_chief(strategy, [*model.variables, *model.optimizer.variables, state.epoch])
+        initial_epoch = int(state.epoch.numpy())
+    if initial_epoch and chief:
         # The numbers a resume must continue from, printed so that a user (and the tests) can check them.
         print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs} (optimizer step "
               f"{int(model.optimizer.iterations.numpy())}, next training episode "
@@ -252,19 +285,23 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
     keep = [i for i, e in enumerate(history.get("epoch", [])) if e <= initial_epoch]
     history = {key: [values[i] for i in keep] for key, values in history.items()}
 
-    train_data = episode_dataset(train_sampler, config.meta_batch, start=initial_epoch * episodes_per_epoch)
-    val_data = None
+    train_data = distribute.distributed_episodes(strategy, train_sampler, config.meta_batch,
+                                                 start=initial_epoch * episodes_per_epoch)
+    val_data, val_steps = None, max(config.val_tasks // config.meta_batch, 1)
     if val_sampler is not None:
-        val_data = episode_dataset(val_sampler, config.meta_batch,
-                                   episodes=max(config.val_tasks // config.meta_batch, 1) * config.meta_batch)
+        val_data = distribute.distributed_episodes(strategy, val_sampler, config.meta_batch,
+                                                   episodes=val_steps * config.meta_batch)
     saver = checkpoint_callback(state, output / "history.json", history)
     callbacks = [saver,
                  keras.callbacks.TensorBoard(log_dir=str(output / "logs"))]
     if max_minutes:
-        callbacks.append(_time_budget(max_minutes))
+        callbacks.append(_time_budget(max_minutes, strategy))
     start = time.perf_counter()
     result = model.fit(train_data, epochs=config.epochs, initial_epoch=initial_epoch,
                        steps_per_epoch=config.steps_per_epoch, validation_data=val_data,
+                       # Known: a distributed dataset's length is not, and a step past its end would
+                       # still run the step's random draws and, under a strategy, some collectives.
+                       validation_steps=val_steps if val_data is not None else None,
                        callbacks=callbacks, verbose=verbose, shuffle=False)
     elapsed = time.perf_counter() - start
     if saver.fault:
@@ -272,7 +309,7 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None):
                              "too large; lower them and start over with --overwrite")
     trained = len(result.epoch) * episodes_per_epoch
     _save_weights(model, output / "model.weights.h5")
-    if verbose:
+    if verbose and chief:
         print(f"Trained {trained} episodes in {elapsed:.0f} s ({trained / elapsed:.1f} episodes/s, "
               f"validation included); run saved in {output}")
     return result
@@ -285,11 +322,16 @@ def _save_weights(model, path):
 
 
 def _fit(argv):
-    config, output, overwrite, verbose, max_minutes = parse_config(argv)
+    config, output, overwrite, verbose, max_minutes, strategy = parse_config(argv)
+    cluster = check_strategy(strategy, config.meta_batch)
+    if os.environ.get("TF_CONFIG") and cluster is None:
+        print(f"note: TF_CONFIG is set but --strategy is {strategy}: this process trains alone "
+              "(--strategy multi-worker trains with the cluster)", file=sys.stderr)
     check_data(config)
-    prepare_output(config, output, overwrite)
+    if cluster is None or cluster.is_chief:  # the other workers of a cluster write nothing to --output
+        prepare_output(config, output, overwrite)
     try:
-        train(config, output, verbose, max_minutes)
+        train(config, output, verbose, max_minutes, strategy)
     except KeyboardInterrupt:
         print("\nthe last completed epoch is checkpointed; run the same command to resume", file=sys.stderr)
         raise

@@ -25,12 +25,22 @@ def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=Non
     """Meta-batches of the sampler's episodes ``start, start + 1, ...`` (``episodes`` of them, or forever)."""
     import tensorflow as tf
 
+    stop = tf.int64.max if episodes is None else start + episodes
+    return indexed_episode_dataset(sampler, tf.data.Dataset.range(start, stop), meta_batch)
+
+
+def indexed_episode_dataset(sampler: EpisodeSampler, indices, meta_batch=1):
+    """Meta-batches of the sampler's episodes at ``indices`` (a ``tf.data`` dataset of int64), in order.
+
+    :mod:`tfp_abml.distribute` passes each worker the indices of its own share of every meta-batch.
+    """
+    import tensorflow as tf
+
     if meta_batch < 1:
         raise UserInputError(f"--meta-batch must be >= 1, got {meta_batch}")
     n, k, q = sampler.ways, sampler.shots, sampler.queries
     h, w = sampler.images.shape[2:4]
     c = sampler.images.shape[4] if sampler.images.ndim == 5 else 1
-    stop = tf.int64.max if episodes is None else start + episodes
 
     def sample(index):
         s_img, s_lab, q_img, q_lab = tf.numpy_function(
@@ -41,8 +51,7 @@ def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=Non
                   "query_images": to_float(q_img, n * q)}
         return inputs, tf.reshape(q_lab, (n * q,))
 
-    dataset = tf.data.Dataset.range(start, stop)
-    dataset = dataset.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = indices.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(meta_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
