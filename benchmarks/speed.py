@@ -59,23 +59,24 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("TFP_ABML_DATA_DIR"))
     grid = p.add_mutually_exclusive_group()
-    grid.add_argument("--quick", action="store_true", help="default: Conv-4 groups only, XLA on for 5w1s abml/maml")
+    grid.add_argument("--quick", action="store_true", help="default: Conv-4 groups with XLA off, and abml 5w1s with XLA on")
     grid.add_argument("--full", action="store_true", help="every encoder, setting, method and XLA mode (hours on CPU)")
     p.add_argument("--encoders", nargs="*", choices=list(ENCODER_SIZES), help="override the grid's encoders")
     p.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="override the grid's settings")
     p.add_argument("--methods", nargs="*", help="override the grid's methods (default: all)")
     p.add_argument("--jit", nargs="*", choices=("off", "on"), help="override the grid's XLA modes")
     p.add_argument("--repeats", type=int, default=5, help="timed blocks per contender; the median is kept")
-    p.add_argument("--block-seconds", type=float, default=1.5, help="about how long one training block runs")
+    p.add_argument("--block-seconds", type=float, default=1.0, help="about how long one training block runs")
     p.add_argument("--flipout-iterations", type=int, default=200, help="layer applications per Flipout block")
     p.add_argument("--serving-calls", type=int, default=200)
-    p.add_argument("--skip", nargs="*", default=[], choices=("flipout", "training", "torch", "serving"))
+    p.add_argument("--skip", nargs="*", default=[], choices=("flipout", "training", "speedups", "torch", "serving"))
     p.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed_<machine>.json")
     return p
 
 
 def training_grid(args):
-    """``[(group settings, methods)]``: --quick (default) or --full, with the overrides."""
+    """``[(settings, [(method, jit), ...])]``, one group per encoder and setting: --quick (default) or
+    --full, with the overrides. Every entry of a group is timed interleaved with the others."""
     from speed_cases import METHODS
 
     methods = tuple(args.methods or METHODS)
@@ -85,21 +86,19 @@ def training_grid(args):
         encoders, settings, jits = ["conv4-28"], list(SETTINGS), ["off"]
     encoders, settings, jits = args.encoders or encoders, args.settings or settings, args.jit or jits
     groups = []
-    for jit in jits:
-        for encoder in encoders:
-            for setting in settings:
-                groups.append((_settings(args, encoder, setting, jit), methods))
-    if not (args.full or args.jit or args.encoders or args.settings):
-        # XLA's effect, measured here rather than assumed, for the two methods the targets compare.
-        groups.append((_settings(args, "conv4-28", "5w1s", "on"), tuple(m for m in ("abml", "maml") if m in methods)))
+    for encoder in encoders:
+        for setting in settings:
+            entries = [(method, jit) for jit in jits for method in methods]
+            if not (args.full or args.jit) and "abml" in methods and (encoder, setting) == ("conv4-28", "5w1s"):
+                entries.append(("abml", "on"))  # XLA's effect, measured side by side rather than assumed
+            groups.append((_settings(args, encoder, setting), entries))
     return groups
 
 
-def _settings(args, encoder, setting, jit):
+def _settings(args, encoder, setting):
     name, size = ENCODER_SIZES[encoder]
     ways, shots = SETTINGS[setting]
-    return {"encoder": name, "image_size": size, "ways": ways, "shots": shots, "jit": jit,
-            "data_dir": args.data_dir}
+    return {"encoder": name, "image_size": size, "ways": ways, "shots": shots, "data_dir": args.data_dir}
 
 
 def check_targets(result):
@@ -139,6 +138,18 @@ def check_targets(result):
     return checks
 
 
+def xla_ratios(rows):
+    """Time per episode with XLA over without, for every method and setting timed both ways."""
+    ratios = []
+    for on in (r for r in rows if r["jit"] == "on"):
+        off = [r for r in rows if r["jit"] == "off" and r["method"] == on["method"]
+               and all(r[k] == on[k] for k in ("encoder", "image_size", "ways", "shots"))]
+        if off:
+            ratios.append({k: on[k] for k in ("method", "encoder", "image_size", "ways", "shots")}
+                          | {"ratio": on["ms_per_episode"] / off[0]["ms_per_episode"]})
+    return ratios
+
+
 def _same_group(a, b):
     return all(a[k] == b[k] for k in ("encoder", "image_size", "ways", "shots", "jit"))
 
@@ -167,6 +178,17 @@ def print_report(result):
             print(f"{_group_name(row):34s} {row['method']:13s} {row['ms_per_episode']:8.1f} ms "
                   f"{row['episodes_per_second']:7.2f}/s  {ratio}")
         print()
+    for row in result.get("xla_on_over_off", []):
+        print(f"XLA on / off, {row['method']} {row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s: "
+              f"{row['ratio']:.2f}x the time per episode")
+    if result.get("xla_on_over_off"):
+        print()
+    if result.get("batch_norm_speedup"):
+        print("Speed-up: batch norm through the fused kernel (ms per episode)")
+        for row in result["batch_norm_speedup"]:
+            print(f"  {row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s XLA off  {row['method']:13s} Keras ops {row['keras_ms_per_episode']:8.1f}  "
+                  f"fused {row['fused_ms_per_episode']:8.1f}  {row['speedup']:5.2f}x faster")
+        print()
     peer = result.get("torch_peer")
     if peer and "rows" in peer:
         print(f"PyTorch peer (torch {peer['torch']}, higher {peer['higher']}; the faster thread setting counts)")
@@ -188,12 +210,13 @@ def main(argv=None):
     import speed_cases as cases
     from tfp_abml.checkpointing import write_json_atomic
 
-    log = lambda message: print(message, flush=True)
+    start = time.perf_counter()
+    log = lambda message: print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {message}", flush=True)
     result = {"machine": machine_name(), "cpu": cpu_model(), "cores": os.cpu_count(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "load_average_before": os.getloadavg()[0], "mode": "full" if args.full else "quick",
               "timing": f"median of {args.repeats} interleaved blocks per contender after warm-up",
-              "repeats": args.repeats}
+              "repeats": args.repeats, "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}
     if "flipout" not in args.skip:
         result["flipout"] = []
         for shape in cases.FLIPOUT_SHAPES:
@@ -202,12 +225,20 @@ def main(argv=None):
                                       **cases.flipout_case(shape, args.flipout_iterations, args.repeats)})
     if "training" not in args.skip:
         result["training"] = []
-        for settings, methods in training_grid(args):
-            log(f"training {_group_name(settings)}: {', '.join(methods)}")
-            rows = cases.training_group(methods, settings, args.block_seconds, args.repeats, log)
+        for settings, entries in training_grid(args):
+            log(f"training {settings['encoder']} {settings['image_size']}px {settings['ways']}w{settings['shots']}s: "
+                f"{', '.join(f'{m} (XLA {j})' for m, j in entries)}")
+            rows = cases.training_group(entries, settings, args.block_seconds, args.repeats, log)
             for row in rows:
                 row.pop("data_dir")
             result["training"] += rows
+    if "speedups" not in args.skip:
+        settings = _settings(args, "conv4-28", "5w1s")
+        log("speed-up: fused batch norm, conv4 28px 5w1s")
+        result["batch_norm_speedup"] = cases.batch_norm_speedup(("abml", "protonet"), settings, args.block_seconds,
+                                                                args.repeats, log)
+        for row in result["batch_norm_speedup"]:
+            row.pop("data_dir")
     if "torch" not in args.skip:
         log("PyTorch peer")
         try:
@@ -216,17 +247,19 @@ def main(argv=None):
         except ImportError as err:
             result["torch_peer"] = {"skipped": f"{err}; pip install -e '.[bench]'"}
         else:
-            peer = cases.torch_peer(_settings(args, "conv4-28", "5w1s", "off"), args.block_seconds, args.repeats)
+            peer = cases.torch_peer(_settings(args, "conv4-28", "5w1s"), args.block_seconds, args.repeats)
             peer["settings"].pop("data_dir")
             result["torch_peer"] = peer
     if "serving" not in args.skip:
         log("serving")
         with tempfile.TemporaryDirectory() as folder:
-            settings = _settings(args, "conv4-28", "5w5s", "off")
+            settings = _settings(args, "conv4-28", "5w5s")
             result["serving"] = cases.serving_latency(settings, train_steps=5, calls=args.serving_calls, warmup=20,
                                                       folder=folder)
             result["serving"]["settings"].pop("data_dir")
     result["load_average_after"] = os.getloadavg()[0]
+    result["minutes"] = (time.perf_counter() - start) / 60
+    result["xla_on_over_off"] = xla_ratios(result.get("training", []))
     result["targets"] = check_targets(result)
     output = pathlib.Path(args.output or RESULTS / f"speed_{result['machine']}.json")
     write_json_atomic(output, json.loads(json.dumps(result)))

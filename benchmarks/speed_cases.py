@@ -120,19 +120,23 @@ def method_config(method, **settings):
     return RunConfig(method=method, **settings).validate()
 
 
-def training_contender(config, block_seconds):
+def training_contender(config, block_seconds, fused_batch_norm=None):
     """Build, compile and warm up ``config``'s model; return ``(block, step_seconds)``.
 
     Steps run exactly as ``model.fit`` runs them: Keras's own train function pulling
     meta-batches from the real episode pipeline (sampling, decoding and batching included).
-    A block is as many outer updates as take about ``block_seconds``.
+    A block is as many outer updates as take about ``block_seconds``. ``fused_batch_norm``
+    False times the encoder with Keras's own batch norm ops (as before the fused kernel).
     """
     import keras
 
     from tfp_abml.data import episode_dataset
+    from tfp_abml.fused_batch_norm import set_fused
 
     keras.utils.set_random_seed(config.seed)
     model = config.build_model()
+    if fused_batch_norm is not None:
+        set_fused(model.encoder, fused_batch_norm)
     model.compile(optimizer=keras.optimizers.Adam(config.resolved_learning_rate), jit_compile=config.jit == "on")
     model(config.example_inputs())
     iterator = iter(episode_dataset(config.sampler("train"), config.meta_batch))
@@ -156,23 +160,46 @@ def training_contender(config, block_seconds):
     return block, per_step
 
 
-def training_group(methods, settings, block_seconds, repeats, log=print):
-    """Episodes per second of each method at one setting, timed interleaved. Returns rows."""
+def training_group(entries, settings, block_seconds, repeats, log=print):
+    """Episodes per second of each ``(method, jit)`` entry at one setting, all timed interleaved. Returns rows."""
     import gc
 
     import keras
 
     contenders, rows = {}, []
-    for method in methods:
-        config = method_config(method, **settings)
-        log(f"  building {method} ...")
-        contenders[method], _ = training_contender(config, block_seconds)
+    for method, jit in entries:
+        log(f"  building {method}, XLA {jit} ...")
+        contenders[(method, jit)], _ = training_contender(method_config(method, jit=jit, **settings), block_seconds)
     timed = interleaved(contenders, repeats)
+    for method, jit in entries:
+        ms = 1000.0 * timed[(method, jit)]["median_s_per_unit"]
+        rows.append({"method": method, **settings, "jit": jit, "ms_per_episode": ms, "episodes_per_second": 1000.0 / ms,
+                     "first_step_s": contenders[(method, jit)].compile_seconds,
+                     "blocks_ms_per_episode": [1000.0 * s for s in timed[(method, jit)]["blocks_s_per_unit"]]})
+    del contenders
+    keras.backend.clear_session()
+    gc.collect()
+    return rows
+
+
+def batch_norm_speedup(methods, settings, block_seconds, repeats, log=print):
+    """Before/after of the fused batch norm kernel: each method with Keras's ops and with the kernel."""
+    import gc
+
+    import keras
+
+    contenders = {}
     for method in methods:
-        ms = 1000.0 * timed[method]["median_s_per_unit"]
-        rows.append({"method": method, **settings, "ms_per_episode": ms, "episodes_per_second": 1000.0 / ms,
-                     "first_step_s": contenders[method].compile_seconds,
-                     "blocks_ms_per_episode": [1000.0 * s for s in timed[method]["blocks_s_per_unit"]]})
+        for fused in (False, True):
+            log(f"  building {method}, {'fused' if fused else 'Keras'} batch norm ...")
+            contenders[(method, fused)], _ = training_contender(method_config(method, jit="off", **settings),
+                                                                block_seconds, fused)
+    timed = interleaved(contenders, repeats)
+    rows = []
+    for method in methods:
+        before, after = (1000.0 * timed[(method, fused)]["median_s_per_unit"] for fused in (False, True))
+        rows.append({"method": method, **settings, "keras_ms_per_episode": before, "fused_ms_per_episode": after,
+                     "speedup": before / after})
     del contenders
     keras.backend.clear_session()
     gc.collect()
@@ -193,7 +220,7 @@ def torch_peer(settings, block_seconds, repeats):
 
     from torch_maml import HigherMAML, torch_batch
 
-    config = method_config("maml", **settings)
+    config = method_config("maml", jit="off", **settings)
     contenders = {"tfp_abml maml": training_contender(config, block_seconds)[0]}
     sampler = config.sampler("train")
     peer = HigherMAML(config.ways, config.inner_steps, config.inner_lr, config.resolved_learning_rate,
@@ -233,7 +260,7 @@ def serving_latency(settings, train_steps, calls, warmup, folder):
     from tfp_abml.data import episode_dataset
     from tfp_abml.export import export_saved_model
 
-    config = method_config("abml", **settings)
+    config = method_config("abml", jit="off", **settings)
     keras.utils.set_random_seed(config.seed)
     model = config.build_model()
     model.compile(optimizer=keras.optimizers.Adam(config.resolved_learning_rate), jit_compile=False)
