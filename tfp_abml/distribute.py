@@ -207,8 +207,34 @@ def distributed_episodes(strategy, sampler, meta_batch, start=0, episodes=None):
     return strategy.distribute_datasets_from_function(pipeline_dataset)
 
 
+def call_to_build(model, strategy, inputs):
+    """Call ``model`` on ``inputs`` to create its variables: under a strategy, in each replica's context.
+
+    MAML and Meta-SGD differentiate with respect to their own variables inside the call, and a
+    tape can watch a mirrored variable only in a replica's context ("DistributedVariable.handle is
+    not available outside the replica context"). Without a strategy this is ``model(inputs)``.
+    """
+    import logging
+
+    import tensorflow as tf
+
+    if not tf.distribute.in_cross_replica_context():
+        model(inputs)
+        return
+    logger = tf.get_logger()  # once, eagerly: TensorFlow's warning about eager overhead does not apply
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        strategy.run(model, args=(inputs,))
+    finally:
+        logger.setLevel(level)
+
+
 def synchronize_batch_norm(model, strategy):
     """With several replicas, batch-norm statistics over the whole meta-batch, as in one process.
+
+    Only for models that normalise over the meta-batch (``batch_norm_over_meta_batch``: the
+    methods that embed all tasks in one encoder call); MAML's per-task statistics need nothing.
 
     Keras's ``BatchNormalization(synchronized=True)`` all-reduces the sums behind the mean and
     variance across replicas (and back-propagates through that reduction); set on the built
@@ -217,8 +243,8 @@ def synchronize_batch_norm(model, strategy):
     """
     import keras
 
-    if strategy.num_replicas_in_sync == 1:
-        return
+    if strategy.num_replicas_in_sync == 1 or not getattr(model, "batch_norm_over_meta_batch", True):
+        return  # MAML and Meta-SGD normalise each task on its own, on its replica, as in one process
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True

@@ -44,6 +44,9 @@ class EpisodicModel(keras.Model):
     """A meta-learner trained on ``({support_images, support_labels, query_images}, query_labels)``."""
 
     extra_metrics = ()
+    # Batch norm normalises over all tasks of a meta-batch at once (one encoder call for all of them),
+    # so tfp_abml.distribute synchronises it across replicas; False where each task is normalised alone.
+    batch_norm_over_meta_batch = True
 
     def __init__(self, ways, **kwargs):
         super().__init__(**kwargs)

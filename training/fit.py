@@ -263,7 +263,8 @@ def _train(config, output, verbose, max_minutes, strategy):
     chief = distribute.is_chief(strategy)
     with strategy.scope():  # variables mirrored on every replica; without --strategy the default scope
         model = config.compiled_model(measure_jit=True)  # --jit auto times this device (long runs)
-        model(config.example_inputs())  # creates the variables, which the optimizer and checkpoint need
+        # Creates the variables, which the optimizer and checkpoint need.
+        distribute.call_to_build(model, strategy, config.example_inputs())
         distribute.synchronize_batch_norm(model, strategy)
         state = TrainingState(model, output / "checkpoints")
     write_json_atomic(output / "config.json", config.to_dict())

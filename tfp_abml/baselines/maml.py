@@ -25,6 +25,8 @@ from tfp_abml.inner_loop import sgd_adapt
 
 
 class MAML(LogitModel):
+    batch_norm_over_meta_batch = False  # one network call per task: batch norm sees one task at a time
+
     def __init__(self, encoder, ways, inner_steps=5, inner_lr=0.4, first_order=False, **kwargs):
         super().__init__(ways, **kwargs)
         self.encoder = encoder
