@@ -44,9 +44,11 @@ with other noise, and one with noise shared across replicas.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -284,6 +286,31 @@ def copy_from_chief(strategy, variables):
     values = strategy.experimental_local_results(chief_values())[0]
     for variable, value in zip(variables, values):
         variable.assign(value)
+
+
+@contextlib.contextmanager
+def lost_workers(multi_worker):
+    """Turn TensorFlow's errors for a worker that stopped or cannot be reached into one ``UserInputError``.
+
+    A cluster cannot go on without any of its workers: when one dies (or is killed), the others'
+    collective operations fail within seconds (TensorFlow's coordination service misses its
+    heartbeats) with a long traceback. What to do instead is always the same: start every worker
+    again, and the chief's last checkpoint resumes the run.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError) as err:
+        if not multi_worker:
+            raise
+        # TensorFlow names the task it lost last, e.g. "... unhealthy (stopped sending heartbeats):
+        # /job:worker/replica:0/task:1".
+        tasks = re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)", str(err))
+        who = f"{tasks[-1][0]} {tasks[-1][1]}" if tasks else "a worker"
+        raise UserInputError(f"training stopped: {who} of the cluster stopped or cannot be reached "
+                             f"({type(err).__name__}); the last completed epoch is checkpointed in the chief's "
+                             "--output: start every worker again with the same command to resume") from err
 
 
 def any_worker(strategy, flag):

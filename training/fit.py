@@ -238,13 +238,14 @@ def train(config: RunConfig, output: pathlib.Path, verbose=1, max_minutes=None, 
 
     strategy = distribute.make_strategy(strategy)  # first: MultiWorkerMirroredStrategy must precede other TF ops
     distribute.replica_meta_batch(config.meta_batch, strategy.num_replicas_in_sync)
-    if distribute.is_chief(strategy):
-        return _train(config, output, verbose, max_minutes, strategy)
-    scratch = distribute.scratch_dir()
-    try:
-        return _train(config, scratch, verbose, max_minutes, strategy)
-    finally:
-        distribute.remove_scratch(scratch)
+    with distribute.lost_workers(distribute.is_multi_worker(strategy)):
+        if distribute.is_chief(strategy):
+            return _train(config, output, verbose, max_minutes, strategy)
+        scratch = distribute.scratch_dir()
+        try:
+            return _train(config, scratch, verbose, max_minutes, strategy)
+        finally:
+            distribute.remove_scratch(scratch)
 
 
 def _train(config, output, verbose, max_minutes, strategy):
