@@ -178,18 +178,19 @@ def test_abml_on_two_workers_resumes_a_checkpoint_like_two_mirrored_replicas(tmp
     test above; and a run may change strategy when resumed); the cluster and the mirrored replicas
     both continue it for an epoch.
     """
-    # --max-minutes makes the workers agree on stopping after every epoch (a collective); 60 never stops them.
-    args = ["--method", "abml", *TINY, "--steps-per-epoch", "2", "--max-minutes", "60", "--data-dir", str(data_dir)]
+    args = ["--method", "abml", *TINY, "--steps-per-epoch", "2", "--data-dir", str(data_dir)]
     first, chief, other, mirrored = (tmp_path / name for name in ("first", "chief", "worker1", "mirrored"))
     assert fit.main([*args, "--epochs", "1", "--output", str(first)]) == 0
     shutil.copytree(first, chief)
     shutil.copytree(first, mirrored)
     reference = _start([*args, "--epochs", "2", "--strategy", "mirrored", "--output", str(mirrored)],
                        ["--logical-cpus", "2"])
-    (_, chief_out, _), _ = _two_workers([*args, "--epochs", "2"], [chief, other], scratch)
+    # The workers are asked for 3 epochs but out of time after their first (--max-minutes): both must
+    # stop after epoch 2, or the one that went on would wait for the other forever.
+    (_, chief_out, _), _ = _two_workers([*args, "--epochs", "3", "--max-minutes", "1e-4"], [chief, other], scratch)
     _finish(reference)
 
-    assert "Resuming" in chief_out and "after epoch 1 of 2 (optimizer step 2, next training episode 4)" in chief_out
+    assert "Resuming" in chief_out and "after epoch 1 of 3 (optimizer step 2, next training episode 4)" in chief_out
     assert not other.exists()
     ours, theirs = _history(chief), _history(mirrored)
     assert ours["epoch"] == theirs["epoch"] == [1, 2]
