@@ -16,23 +16,33 @@ What makes R replicas compute the update of one process, and why each piece is h
 * **Gradient.** ``EpisodicModel.train_step`` averages the loss over the replica's tasks; Keras's
   optimizer sums the replicas' gradients (an all-reduce SUM), so each replica differentiates
   ``loss / R`` (:func:`replica_loss`) and the update follows the gradient of the global mean.
-* **Batch norm.** Conv-4's batch norm normalises with the statistics of all episodes at hand,
-  i.e. of the whole meta-batch; with replicas each would see only its share, and the replicas'
-  moving averages would drift apart. :func:`synchronize_batch_norm` makes the statistics global
-  (Keras's ``synchronized=True``: one all-reduce per layer).
+* **Batch norm.** The encoders' batch norm normalises with the statistics of all episodes at
+  hand, i.e. of the whole meta-batch (``abml``, ``protonet``, ``matching`` embed all tasks in one
+  call); with replicas each would see only its share, and the replicas' moving averages would
+  drift apart. :func:`synchronize_batch_norm` makes the statistics global (Keras's
+  ``synchronized=True``: one all-reduce per layer). MAML and Meta-SGD normalise each task on its
+  own and are left alone.
+* **Building.** :func:`call_to_build` creates the variables in a replica's context: MAML's call
+  differentiates with respect to its variables, which TensorFlow allows for mirrored variables
+  only there.
 * **Keras 3.15 workarounds** (both in ``EpisodicModel``, both exercised by
   ``tests/training/test_distribute.py``): fit's first-batch symbolic build reduces the first
   batch with ``strategy.reduce``, which under MultiWorkerMirroredStrategy fails on a dict of
   inputs, so an already built model skips it; and fit reduces a step's logs across workers with
   ``strategy.reduce(MEAN, value, axis=0)``, which fails on scalars ("Invalid reduction dimension
-  0"), so :func:`step_logs` hands it vectors of one value.
+  0"), so :func:`step_logs` hands it vectors of one value. ``training.fit`` also passes
+  ``validation_steps``: a distributed dataset's length is unknown to Keras, and the step that
+  finds its end still ran the step's random draws, and on some replicas collectives, which then
+  no longer matched across replicas.
 * **Output and resume.** Only the chief (worker 0, or the ``chief`` task if ``TF_CONFIG`` has one)
   reads and writes ``--output``. The other workers go through the same steps in a scratch folder
-  (saving a checkpoint reads every variable, and variables of metrics are reduced across
-  workers, so all workers must save together) that is deleted at the end. On a (re)start only
-  the chief restores the last checkpoint; :func:`copy_from_chief` then gives every worker the
-  chief's weights, optimizer state, random-stream state and epoch, so a restarted cluster
-  resumes where the chief's checkpoint left off without a shared file system.
+  that is deleted at the end (TensorFlow's pattern for this strategy: every worker saves, the
+  others somewhere temporary, as saving may read variables through collectives; here it also
+  keeps one code path). On a (re)start only the chief restores the last checkpoint;
+  :func:`copy_from_chief` then gives every worker the chief's weights, optimizer state,
+  random-stream state and epoch, so a restarted cluster resumes where the chief's checkpoint
+  left off without a shared file system. :func:`lost_workers` turns the failure of the others
+  when one worker dies into one line that says so.
 
 Randomness: a Keras seed generator is one variable mirrored on every replica, so all replicas
 draw the same random numbers per step (the ``abml`` Flipout and LSTM noise, the class order of the
