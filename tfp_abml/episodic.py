@@ -92,6 +92,16 @@ class EpisodicModel(keras.Model):
         inputs, query_labels = data
         return self._record(self.episode(inputs, query_labels, training=False), query_labels)
 
+    def make_train_function(self, force=False):
+        # Optimizer slots created inside the first traced step make tf.function trace the step a
+        # second time (measured: abml's first step 6.6 s -> 4.3 s, maml's 28.8 s -> 21.1 s). Built
+        # here first, one trace; under a tf.distribute strategy Keras builds them itself.
+        import tensorflow as tf
+
+        if self.built and self.optimizer is not None and not self.optimizer.built and not tf.distribute.has_strategy():
+            self.optimizer.build(self.trainable_variables)
+        return super().make_train_function(force)
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3.15 workaround (tfp_abml.distribute): under a tf.distribute strategy fit first builds
         # the model from a batch reduced with strategy.reduce, which fails on our dict of inputs under
