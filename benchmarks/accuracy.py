@@ -42,11 +42,11 @@ ABML_VARIANTS = {
     "paper": ("the paper's method (our defaults: unit-norm embeddings x learned scale, transductive BN)",
               {"posterior": "paper"}),
     "aligned": ("output-layer means from class prototypes, LSTM emits the rest class-symmetrically",
-                {"posterior": "aligned"}),
+                {"posterior": "aligned", "task_encoding": "concat", "learn_inner_lr": False}),
     "aligned+lr": ("aligned + a learned inner step size per posterior tensor",
-                   {"posterior": "aligned", "learn_inner_lr": True}),
+                   {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "concat"}),
     "aligned+lr, no hidden": ("aligned + learned inner lr, Bayesian head without a hidden layer",
-                              {"posterior": "aligned", "learn_inner_lr": True, "hidden_units": ()}),
+                              {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "concat", "hidden_units": ()}),
     "paper+lr": ("the paper's method + a learned inner step size per posterior tensor",
                  {"posterior": "paper", "learn_inner_lr": True}),
     "aligned+lr, pool": ("aligned + learned inner lr, LSTM state from the mean and spread of the class means "
@@ -161,7 +161,7 @@ def main(argv=None):
                    help="training budget per method (wall clock); default 4 unless --episodes is given")
     p.add_argument("--episodes", type=int, default=None,
                    help="training budget per method in episodes (instead of, or capped by, --minutes)")
-    p.add_argument("--abml-variant", default="paper", choices=list(ABML_VARIANTS),
+    p.add_argument("--abml-variant", default="aligned+lr, pool", choices=list(ABML_VARIANTS),
                    help="which amortized-BNN variant the abml row trains (see benchmarks/ablation.py)")
     p.add_argument("--tasks", type=int, default=600)
     p.add_argument("--no-ood", action="store_true",

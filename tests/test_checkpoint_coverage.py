@@ -13,8 +13,9 @@ import tensorflow as tf
 from tfp_abml.run_config import RunConfig
 
 CASES = {
-    "abml-paper": {},
-    "abml-aligned": {"posterior": "aligned", "learn_inner_lr": True},
+    "abml-default": {},
+    "abml-paper": {"posterior": "paper"},
+    "abml-aligned-concat": {"posterior": "aligned", "task_encoding": "concat", "learn_inner_lr": True},
     "abml-aligned-pool-no-hidden": {"posterior": "aligned", "task_encoding": "pool", "hidden_units": ()},
     "protonet": {"method": "protonet"},
     "matching": {"method": "matching"},

@@ -16,6 +16,11 @@ JIT_MODES = ("auto", "on", "off")
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
 POSTERIORS = ("paper", "aligned")  # checked here without importing TensorFlow
 TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
+# --task-encoding and --learn-inner-lr when not given, per --posterior.
+POSTERIOR_DEFAULTS = {"aligned": {"task_encoding": "pool", "learn_inner_lr": True},
+                      "paper": {"task_encoding": "concat", "learn_inner_lr": False}}
+# Settings a config.json written before they existed lacks, with the value those runs used.
+LEGACY_VALUES = {"posterior": "paper", "task_encoding": "concat", "learn_inner_lr": False}
 # Outer Adam learning rate when --learning-rate is not given. The amortized posterior's large
 # output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
@@ -37,9 +42,9 @@ class RunConfig:
     embedding_dim: int = 64
     encoder_weights: str | None = None
     hidden_units: tuple = (64,)
-    posterior: str = "paper"  # abml: "paper" or "aligned" (output means from class prototypes)
-    learn_inner_lr: bool = False  # abml: one learned inner step size per posterior tensor
-    task_encoding: str = "concat"  # abml: "concat" (paper: class means in random order) or "pool"
+    posterior: str = "aligned"  # abml: "aligned" (output means from class prototypes) or "paper"
+    learn_inner_lr: bool | None = None  # abml: one learned inner step size per posterior tensor
+    task_encoding: str | None = None  # abml: "concat" (paper: class means in random order) or "pool"
     noise_dim: int = 32
     inner_steps: int = 5
     inner_lr: float = 0.5
@@ -55,6 +60,15 @@ class RunConfig:
     seed: int = 0
     jit: str = "auto"
     data_dir: str | None = None
+
+    def __post_init__(self):
+        # Unset abml options follow the posterior: "aligned" gets what the ablation kept (pooled task
+        # encoding, learned inner step sizes; benchmarks/results/ablation_omniglot_5w1s.md), "paper"
+        # gets the paper's method unchanged.
+        if self.task_encoding is None:
+            self.task_encoding = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["task_encoding"]
+        if self.learn_inner_lr is None:
+            self.learn_inner_lr = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["learn_inner_lr"]
 
     # -- validation (no TensorFlow) -----------------------------------------------------------
 
@@ -146,7 +160,10 @@ class RunConfig:
     @classmethod
     def load(cls, path):
         try:
-            return cls.from_dict(json.loads(open(path).read()))
+            data = json.loads(open(path).read())
+            if isinstance(data, dict) and "posterior" not in data:  # a run from before --posterior
+                data = {**LEGACY_VALUES, **data}
+            return cls.from_dict(data)
         except (OSError, json.JSONDecodeError) as err:
             raise UserInputError(f"cannot read config {path}: {err}") from err
 

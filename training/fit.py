@@ -10,6 +10,7 @@ command again resumes from the last checkpoint; a different config on the same
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -52,13 +53,15 @@ def build_parser():
     model.add_argument("--hidden-units", type=int, nargs="*", default=list(_DEFAULTS.hidden_units),
                        help="hidden layer widths of the Bayesian MLP")
     model.add_argument("--posterior", default=_DEFAULTS.posterior, choices=POSTERIORS,
-                       help="abml: 'paper' (LSTM emits every layer) or 'aligned' (output-layer means from "
-                            "the class prototypes, see README)")
-    model.add_argument("--task-encoding", default=_DEFAULTS.task_encoding, choices=TASK_ENCODINGS,
+                       help="abml: 'aligned' (output-layer means from the class prototypes, see README) or "
+                            "'paper' (LSTM emits every layer)")
+    model.add_argument("--task-encoding", default=None, choices=TASK_ENCODINGS,
                        help="abml: LSTM initial state from the class means, 'concat' (paper; random class order, "
-                            "size ways x D) or 'pool' (mean and std over classes, size 2D; --posterior aligned)")
-    model.add_argument("--learn-inner-lr", action="store_true",
-                       help="abml: learn one inner step size per posterior tensor, starting at --inner-lr")
+                            "size ways x D) or 'pool' (mean and std over classes, size 2D; --posterior aligned). "
+                            "Default: pool for --posterior aligned, concat for paper")
+    model.add_argument("--learn-inner-lr", action=argparse.BooleanOptionalAction, default=None,
+                       help="abml: learn one inner step size per posterior tensor, starting at --inner-lr. "
+                            "Default: on for --posterior aligned, off for paper")
     model.add_argument("--noise-dim", type=int, default=_DEFAULTS.noise_dim, help="LSTM noise input size")
     model.add_argument("--initial-scale", type=float, default=_DEFAULTS.initial_scale,
                        help="posterior scale of every BNN weight at initialisation")
@@ -132,9 +135,11 @@ def _read_config_file(parser, path):
                              f"got {type(values).__name__}")
     _check_file_values(parser, values, path)
     try:
-        return RunConfig.from_dict(values).to_dict()
+        checked = RunConfig.from_dict(values).to_dict()
     except UserInputError as err:
         raise UserInputError(f"{path}: {err}") from err
+    # Only what the file sets: settings it leaves out keep following the flags (e.g. --posterior's defaults).
+    return {name: value for name, value in checked.items() if name in values}
 
 
 def _check_file_values(parser, values, path):
@@ -155,8 +160,9 @@ def _check_file_values(parser, values, path):
             expected = "an integer"
         elif action.type is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             expected = "a number"
-        elif action.const is True and not isinstance(value, bool):  # store_true flags
-            expected = "true or false"
+        elif action.const is True or isinstance(action, argparse.BooleanOptionalAction):  # on/off flags
+            if not isinstance(value, bool):
+                expected = "true or false"
         elif action.type is None and action.const is None and not isinstance(value, str):
             expected = "a string"
         elif action.choices is not None and value not in action.choices:

@@ -97,6 +97,32 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path):
     assert (config.kl_scale, config.inner_steps, config.inner_lr) == (0.01, 1, 0.7)
 
 
+@pytest.mark.parametrize("args, expected", [
+    ([], ("aligned", "pool", True)),  # the default: what the ablation kept
+    (["--posterior", "paper"], ("paper", "concat", False)),  # the paper's method, nothing else to set
+    (["--task-encoding", "concat", "--no-learn-inner-lr"], ("aligned", "concat", False)),
+    (["--posterior", "paper", "--learn-inner-lr"], ("paper", "concat", True)),
+])
+def test_posterior_options_follow_the_posterior_unless_given(args, expected, tmp_path):
+    config, *_ = fit.parse_config(args)
+    assert (config.posterior, config.task_encoding, config.learn_inner_lr) == expected
+    # a --config file that leaves them out does not pin them either
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"kl_scale": 0.01}))
+    config, *_ = fit.parse_config(["--config", str(path), *args])
+    assert (config.posterior, config.task_encoding, config.learn_inner_lr) == expected
+
+
+def test_a_run_from_before_posterior_options_loads_as_the_paper_method(tmp_path):
+    from tfp_abml.run_config import RunConfig
+    old = RunConfig(posterior="paper").to_dict()
+    for name in ("posterior", "task_encoding", "learn_inner_lr"):
+        del old[name]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = RunConfig.load(tmp_path / "config.json")
+    assert (config.posterior, config.task_encoding, config.learn_inner_lr) == ("paper", "concat", False)
+
+
 def test_a_non_finite_loss_stops_training_and_saves_nothing_broken(tmp_path, data_dir, capsys):
     output = tmp_path / "run"
     assert _fit(output, data_dir, "--epochs", "2", "--inner-lr", "1e30", "--steps-per-epoch", "3") == 2
