@@ -14,7 +14,8 @@ import statistics
 import time
 
 # Time per episode of a method, contenders of one training group (same encoder, image size,
-# ways, shots, XLA setting). "abml-aligned" is abml with --posterior aligned.
+# ways, shots, XLA setting). "abml" is the paper's method (--posterior paper), "abml-aligned" is
+# --posterior aligned with the paper's concatenated task encoding and fixed inner step size.
 METHODS = ("abml", "abml-aligned", "protonet", "matching", "maml", "metasgd")
 FLIPOUT_SHAPES = ((4, 80, 64, 64), (4, 80, 64, 5), (4, 25, 64, 64), (4, 5, 64, 64))  # T, M, in, out
 
@@ -112,11 +113,14 @@ def flipout_case(shape, iterations, repeats):
 # -- training episodes per second ---------------------------------------------------------------
 
 def method_config(method, **settings):
-    """The RunConfig of a benchmark method name (``abml-aligned``: abml with ``posterior="aligned"``)."""
+    """The RunConfig of a benchmark method name (see METHODS)."""
     from tfp_abml.run_config import RunConfig
 
+    if method == "abml":
+        return RunConfig(method="abml", posterior="paper", **settings).validate()
     if method == "abml-aligned":
-        return RunConfig(method="abml", posterior="aligned", **settings).validate()
+        return RunConfig(method="abml", posterior="aligned", task_encoding="concat", learn_inner_lr=False,
+                         **settings).validate()
     return RunConfig(method=method, **settings).validate()
 
 
