@@ -112,7 +112,7 @@ def check_targets(result):
                        "met": worst <= TARGETS["flipout_ratio_max"]})
     rows = result.get("training", [])
     for row in rows:
-        if row["method"] not in ("abml", "abml-aligned"):
+        if not row["method"].startswith("abml"):
             continue
         maml = [r for r in rows if r["method"] == "maml" and _same_group(r, row)]
         if maml:

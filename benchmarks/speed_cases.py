@@ -15,8 +15,9 @@ import time
 
 # Time per episode of a method, contenders of one training group (same encoder, image size,
 # ways, shots, XLA setting). "abml" is the paper's method (--posterior paper), "abml-aligned" is
-# --posterior aligned with the paper's concatenated task encoding and fixed inner step size.
-METHODS = ("abml", "abml-aligned", "protonet", "matching", "maml", "metasgd")
+# --posterior aligned with the paper's concatenated task encoding and fixed inner step size,
+# "abml-default" is training.fit's default (aligned, pooled task encoding, learned inner step sizes).
+METHODS = ("abml", "abml-aligned", "abml-default", "protonet", "matching", "maml", "metasgd")
 FLIPOUT_SHAPES = ((4, 80, 64, 64), (4, 80, 64, 5), (4, 25, 64, 64), (4, 5, 64, 64))  # T, M, in, out
 
 
@@ -118,6 +119,8 @@ def method_config(method, **settings):
 
     if method == "abml":
         return RunConfig(method="abml", posterior="paper", **settings).validate()
+    if method == "abml-default":
+        return RunConfig(method="abml", **settings).validate()
     if method == "abml-aligned":
         return RunConfig(method="abml", posterior="aligned", task_encoding="concat", learn_inner_lr=False,
                          **settings).validate()
