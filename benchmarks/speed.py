@@ -217,6 +217,13 @@ def main(argv=None):
               "load_average_before": os.getloadavg()[0], "mode": "full" if args.full else "quick",
               "timing": f"median of {args.repeats} interleaved blocks per contender after warm-up",
               "repeats": args.repeats, "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}
+    output = pathlib.Path(args.output or RESULTS / f"speed_{result['machine']}.json")
+
+    def save(complete):
+        # After every section, so that hours of timings survive a run cut short ("complete": false).
+        result["complete"] = complete
+        write_json_atomic(output, json.loads(json.dumps(result)))
+
     if "flipout" not in args.skip:
         result["flipout"] = []
         for shape in cases.FLIPOUT_SHAPES:
@@ -232,6 +239,7 @@ def main(argv=None):
             for row in rows:
                 row.pop("data_dir")
             result["training"] += rows
+            save(complete=False)
     if "speedups" not in args.skip:
         settings = _settings(args, "conv4-28", "5w1s")
         log("speed-up: fused batch norm, conv4 28px 5w1s")
@@ -261,8 +269,7 @@ def main(argv=None):
     result["minutes"] = (time.perf_counter() - start) / 60
     result["xla_on_over_off"] = xla_ratios(result.get("training", []))
     result["targets"] = check_targets(result)
-    output = pathlib.Path(args.output or RESULTS / f"speed_{result['machine']}.json")
-    write_json_atomic(output, json.loads(json.dumps(result)))
+    save(complete=True)
     print_report(result)
     print(f"\nwrote {output}")
 

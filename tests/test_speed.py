@@ -108,3 +108,22 @@ def test_speed_benchmark_help_runs():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--full" in result.stdout and "interleaved" in result.stdout
+
+
+def test_speed_benchmark_times_a_group_and_writes_every_target(tmp_path, data_dir):
+    # The smallest real run: two contenders interleaved on the real pipeline, one block each.
+    output = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data-dir", str(data_dir),
+                             "--skip", "flipout", "speedups", "torch", "serving", "--settings", "5w1s",
+                             "--methods", "protonet", "maml", "--repeats", "1", "--block-seconds", "0.05",
+                             "--output", str(output)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(output.read_text())
+    assert saved["complete"] is True and saved["command"].startswith("python benchmarks/speed.py")
+    rows = saved["training"]
+    assert [(row["method"], row["jit"]) for row in rows] == [("protonet", "off"), ("maml", "off")]
+    for row in rows:
+        assert row["encoder"] == "conv4" and row["image_size"] == 28 and (row["ways"], row["shots"]) == (5, 1)
+        assert row["ms_per_episode"] > 0 and len(row["blocks_ms_per_episode"]) == 1
+        assert abs(row["episodes_per_second"] * row["ms_per_episode"] - 1000.0) < 1e-6
+    assert "data_dir" not in rows[0] and str(output) in result.stdout
