@@ -81,10 +81,10 @@ def training_grid(args):
 
     methods = tuple(args.methods or METHODS)
     if args.full:
-        encoders, settings, jits = list(ENCODER_SIZES), list(SETTINGS), ["off", "on"]
+        settings, jits = list(SETTINGS), ["off", "on"]
     else:
-        encoders, settings, jits = ["conv4-28"], list(SETTINGS), ["off"]
-    encoders, settings, jits = args.encoders or encoders, args.settings or settings, args.jit or jits
+        settings, jits = list(SETTINGS), ["off"]
+    encoders, settings, jits = _grid_encoders(args), args.settings or settings, args.jit or jits
     groups = []
     for encoder in encoders:
         for setting in settings:
@@ -93,6 +93,10 @@ def training_grid(args):
                 entries.append(("abml", "on"))  # XLA's effect, measured side by side rather than assumed
             groups.append((_settings(args, encoder, setting), entries))
     return groups
+
+
+def _grid_encoders(args):
+    return args.encoders or (list(ENCODER_SIZES) if args.full else ["conv4-28"])
 
 
 def _settings(args, encoder, setting):
@@ -189,6 +193,14 @@ def print_report(result):
             print(f"  {row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s XLA off  {row['method']:13s} Keras ops {row['keras_ms_per_episode']:8.1f}  "
                   f"fused {row['fused_ms_per_episode']:8.1f}  {row['speedup']:5.2f}x faster")
         print()
+    if result.get("maml_task_loop"):
+        print("Speed-up: maml's tasks in tf.map_fn instead of unrolled (first step s; ms per episode)")
+        for row in result["maml_task_loop"]:
+            print(f"  {row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s XLA off  first step "
+                  f"{row['unrolled_first_step_s']:6.1f} -> {row['map_fn_first_step_s']:6.1f} "
+                  f"({row['first_step_speedup']:.2f}x faster); per episode {row['unrolled_ms_per_episode']:7.1f} -> "
+                  f"{row['map_fn_ms_per_episode']:7.1f} ({row['map_fn_over_unrolled_time_per_episode']:.2f}x the time)")
+        print()
     peer = result.get("torch_peer")
     if peer and "rows" in peer:
         print(f"PyTorch peer (torch {peer['torch']}, higher {peer['higher']}; the faster thread setting counts)")
@@ -247,6 +259,15 @@ def main(argv=None):
                                                                 args.repeats, log)
         for row in result["batch_norm_speedup"]:
             row.pop("data_dir")
+        save(complete=False)
+        result["maml_task_loop"] = []
+        for encoder in ["conv4-28"] + [e for e in ("efficientnet_b0-32",) if e in _grid_encoders(args)]:
+            settings = _settings(args, encoder, "5w1s")
+            log(f"speed-up: maml's tasks in tf.map_fn, {encoder} 5w1s")
+            row = cases.maml_task_loop_speedup(settings, args.block_seconds, args.repeats, log)
+            row.pop("data_dir")
+            result["maml_task_loop"].append(row)
+            save(complete=False)
     if "torch" not in args.skip:
         log("PyTorch peer")
         try:

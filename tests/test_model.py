@@ -129,3 +129,14 @@ def test_learned_inner_rates_start_at_inner_lr_and_change_the_adaptation(train_s
     np.testing.assert_array_equal(before, adapted_output_bias())
     model.inner_log_lrs[-2].assign(np.log(2.0))  # the output layer's bias means
     assert not np.allclose(before, adapted_output_bias(), atol=1e-5)
+
+
+def test_train_and_test_on_batch_take_one_meta_batch_and_refuse_sample_weights(train_sampler):
+    # Keras packs train_on_batch's arguments as (x, y, sample_weight); an episode has no weights.
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    inputs, labels = next(iter(episode_dataset(train_sampler, 2)))
+    assert np.isfinite(model.train_on_batch(inputs, labels, return_dict=True)["loss"])
+    assert np.isfinite(model.test_on_batch(inputs, labels, return_dict=True)["loss"])
+    with pytest.raises(ValueError, match="no sample weights"):
+        model.train_on_batch(inputs, labels, sample_weight=np.ones(2))

@@ -10,6 +10,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfp_abml import jit_choice
@@ -127,3 +128,73 @@ def test_speed_benchmark_times_a_group_and_writes_every_target(tmp_path, data_di
         assert row["ms_per_episode"] > 0 and len(row["blocks_ms_per_episode"]) == 1
         assert abs(row["episodes_per_second"] * row["ms_per_episode"] - 1000.0) < 1e-6
     assert "data_dir" not in rows[0] and str(output) in result.stdout
+
+
+def test_maml_task_loop_speedup_times_both_loops(data_dir):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from speed_cases import maml_task_loop_speedup
+
+    settings = {"encoder": "conv4", "image_size": 28, "ways": 5, "shots": 1, "data_dir": str(data_dir)}
+    row = maml_task_loop_speedup(settings, block_seconds=0.05, repeats=1, log=lambda message: None)
+    for loop in ("unrolled", "map_fn"):
+        assert row[f"{loop}_first_step_s"] > 0 and row[f"{loop}_ms_per_episode"] > 0
+    assert row["first_step_speedup"] == row["unrolled_first_step_s"] / row["map_fn_first_step_s"]
+    assert row["map_fn_over_unrolled_time_per_episode"] == row["map_fn_ms_per_episode"] / row["unrolled_ms_per_episode"]
+
+
+def _one_training_step(method, jit, dtype="float32", **config):
+    keras.utils.set_random_seed(0)
+    config = RunConfig(method=method, ways=3, shots=2, queries=2, inner_steps=2, inner_lr=0.01, meta_batch=2, **config)
+    model = config.build_model()
+    if jit and method == "maml":
+        model.task_loop = "map_fn"  # XLA over the task loop EfficientNetB0 uses, against Conv-4's unrolled one
+    # SGD, not Adam: Adam's first step is about lr * sign(gradient), which round-off can flip.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
+    rng = np.random.default_rng(0)
+    inputs = {"support_images": tf.constant(rng.uniform(size=(2, 6, 28, 28, 1)), dtype),
+              "support_labels": tf.constant([[0, 0, 1, 1, 2, 2]] * 2),
+              "query_images": tf.constant(rng.uniform(size=(2, 6, 28, 28, 1)), dtype)}
+    model(inputs)
+    before = [v.numpy() for v in model.trainable_variables]
+    logs = model.train_on_batch(inputs, tf.constant([[0, 0, 1, 1, 2, 2]] * 2), return_dict=True)
+    return logs, before, [v.numpy() for v in model.trainable_variables]
+
+
+@pytest.mark.parametrize("method,dtype,tolerance,config", [
+    ("protonet", "float32", 1e-3, {}),
+    # In float32 round-off alone moves maml's outer gradient here by a few percent (the support
+    # sets are 6 noise images, batch norm over them is ill-conditioned); float64 shows whether
+    # XLA computes the same function. XLA has no float64 MaxPoolGradGrad on CPU, so second
+    # order cannot run in float64 and is checked only to compile and agree in loss (below).
+    ("maml", "float64", 1e-9, {"first_order": True}),
+])
+def test_xla_compiled_training_step_matches_the_uncompiled_one(method, dtype, tolerance, config):
+    """``--jit on`` compiles the whole outer update, inner loop included, with XLA: same weights
+    and batch -> same loss and the same updated weights (round-off aside)."""
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)  # the global policy outlives set_floatx once a layer was built
+    try:
+        (logs_off, init_off, after_off), (logs_on, init_on, after_on) = (
+            _one_training_step(method, jit, dtype, **config) for jit in (False, True))
+    finally:
+        keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")
+    for a, b in zip(init_off, init_on):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(logs_on["loss"], logs_off["loss"], rtol=1e-5)  # logged in float32
+    for before, off, on in zip(init_off, after_off, after_on):
+        step = np.max(np.abs(off - before))
+        np.testing.assert_allclose(on - before, off - before, rtol=tolerance, atol=tolerance * step + 1e-12)
+
+
+@pytest.mark.parametrize("method", ["abml", "maml"])
+def test_xla_compiled_noisy_or_second_order_step_trains_like_the_uncompiled_one(method):
+    """abml draws its noise from stateless random ops, which XLA on CPU draws differently;
+    second-order maml runs only in float32 (see above). So: the losses agree loosely (the noise
+    moves abml's by under 1% here), and the step moves most weights (maml: the same ones) by finite amounts."""
+    (logs_off, _, after_off), (logs_on, init, after_on) = (_one_training_step(method, jit) for jit in (False, True))
+    np.testing.assert_allclose(logs_on["loss"], logs_off["loss"], rtol=0.02 if method == "abml" else 1e-5)
+    moved = [not np.array_equal(on, before) for before, on in zip(init, after_on)]
+    if method == "maml":
+        assert moved == [not np.array_equal(off, before) for before, off in zip(init, after_off)]
+    assert sum(moved) > len(moved) / 2 and all(np.all(np.isfinite(on)) for on in after_on)

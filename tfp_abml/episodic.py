@@ -78,8 +78,16 @@ class EpisodicModel(keras.Model):
             tracker.update_state(values[name])
         return step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
+    def _unpack(self, data):
+        # fit() passes (inputs, labels); train_on_batch/test_on_batch pack (x, y, sample_weight).
+        inputs, query_labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if query_labels is None or sample_weight is not None:
+            raise ValueError("an episodic model takes (inputs, query_labels) with no sample weights: inputs a dict "
+                             "of support_images, support_labels and query_images, labels [tasks, ways * queries]")
+        return inputs, query_labels
+
     def train_step(self, data):
-        inputs, query_labels = data
+        inputs, query_labels = self._unpack(data)
         with tf.GradientTape() as tape:
             values = self.episode(inputs, query_labels, training=True)
             # With replicas (tfp_abml.distribute) the optimizer sums their gradients: each differentiates its share.
@@ -89,7 +97,7 @@ class EpisodicModel(keras.Model):
         return self._record(values, query_labels)
 
     def test_step(self, data):
-        inputs, query_labels = data
+        inputs, query_labels = self._unpack(data)
         return self._record(self.episode(inputs, query_labels, training=False), query_labels)
 
     def make_train_function(self, force=False):

@@ -40,3 +40,44 @@ def test_metasgd_learns_its_inner_learning_rates(samplers, data_dir):
     model.fit(episode_dataset(train, 2), steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
     moved = [not np.allclose(a, keras.ops.convert_to_numpy(b)) for a, b in zip(initial, model.learning_rates)]
     assert len(moved) == len(model.network.trainable_variables) and all(moved)
+
+
+
+@pytest.mark.parametrize("method", ["maml", "metasgd"])
+def test_maml_task_loops_give_the_same_logits_and_outer_gradients(method):
+    # task_loop="map_fn" (RunConfig's choice for EfficientNetB0) against "unrolled" (Conv-4's):
+    # query logits and the second-order outer gradients of every meta-parameter, Meta-SGD's
+    # learning rates included, must agree.
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    config = RunConfig(method=method, ways=3, shots=2, queries=2, inner_steps=3, inner_lr=0.1, meta_batch=2)
+    model = config.build_model()
+    assert model.task_loop == "unrolled"
+    assert RunConfig(method=method, encoder="efficientnet_b0").build_model().task_loop == "map_fn"
+    rng = np.random.default_rng(0)
+    inputs = {"support_images": tf.constant(rng.uniform(size=(2, 6, 28, 28, 1)), tf.float32),
+              "support_labels": tf.constant([[0, 0, 1, 1, 2, 2]] * 2),
+              "query_images": tf.constant(rng.uniform(size=(2, 6, 28, 28, 1)), tf.float32)}
+    model(inputs)
+    cotangent = tf.constant(rng.normal(size=(2, 6, 3)), tf.float32)
+
+    def logits_and_gradients():
+        with tf.GradientTape() as tape:
+            logits = model.logits(inputs)
+            outer = tf.reduce_sum(logits * cotangent)
+        return logits, tape.gradient(outer, model.trainable_variables)
+
+    results = {}
+    for loop in ("unrolled", "map_fn"):
+        model.task_loop = loop
+        results[loop] = tf.function(logits_and_gradients)()  # a graph, as training runs it
+    (expected_logits, expected_grads), (logits, grads) = results["unrolled"], results["map_fn"]
+    np.testing.assert_allclose(logits.numpy(), expected_logits.numpy(), rtol=1e-4, atol=1e-5)
+    assert len(grads) == len(expected_grads) == len(model.trainable_variables) > 0
+    for grad, expected in zip(grads, expected_grads):
+        scale = float(tf.reduce_max(tf.abs(expected)))
+        assert scale > 0
+        np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4 * scale)
+    with pytest.raises(ValueError, match="task_loop"):
+        type(model)(model.encoder, 3, task_loop="vectorized")
