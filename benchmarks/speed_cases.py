@@ -127,14 +127,13 @@ def method_config(method, **settings):
     return RunConfig(method=method, **settings).validate()
 
 
-def training_contender(config, block_seconds, fused_batch_norm=None, task_loop=None):
+def training_contender(config, block_seconds, fused_batch_norm=None):
     """Build, compile and warm up ``config``'s model; return ``(block, step_seconds)``.
 
     Steps run exactly as ``model.fit`` runs them: Keras's own train function pulling
     meta-batches from the real episode pipeline (sampling, decoding and batching included).
     A block is as many outer updates as take about ``block_seconds``. ``fused_batch_norm``
-    False times the encoder with Keras's own batch norm ops (as before the fused kernel);
-    ``task_loop`` overrides MAML's (``"unrolled"`` or ``"map_fn"``).
+    False times the encoder with Keras's own batch norm ops (as before the fused kernel).
     """
     import keras
 
@@ -145,8 +144,6 @@ def training_contender(config, block_seconds, fused_batch_norm=None, task_loop=N
     model = config.build_model()
     if fused_batch_norm is not None:
         set_fused(model.encoder, fused_batch_norm)
-    if task_loop is not None:
-        model.task_loop = task_loop
     model.compile(optimizer=keras.optimizers.Adam(config.resolved_learning_rate), jit_compile=config.jit == "on")
     model(config.example_inputs())
     iterator = iter(episode_dataset(config.sampler("train"), config.meta_batch))
@@ -226,13 +223,14 @@ def maml_task_loop_speedup(settings, block_seconds, repeats, log=print):
     contenders = {}
     for loop in ("unrolled", "map_fn"):
         log(f"  building maml, tasks {loop} ...")
-        contenders[loop], _ = training_contender(method_config("maml", jit="off", **settings), block_seconds,
-                                                 task_loop=loop)
+        contenders[loop], _ = training_contender(method_config("maml", jit="off", task_loop=loop, **settings),
+                                                 block_seconds)
     timed = interleaved(contenders, repeats)
     row = dict(settings)
     for loop, block in contenders.items():
         row[f"{loop}_first_step_s"] = block.compile_seconds
         row[f"{loop}_ms_per_episode"] = 1000.0 * timed[loop]["median_s_per_unit"]
+        row[f"{loop}_blocks_ms_per_episode"] = [1000.0 * s for s in timed[loop]["blocks_s_per_unit"]]
     row["first_step_speedup"] = row["unrolled_first_step_s"] / row["map_fn_first_step_s"]
     row["map_fn_over_unrolled_time_per_episode"] = row["map_fn_ms_per_episode"] / row["unrolled_ms_per_episode"]
     del contenders

@@ -13,6 +13,7 @@ import json
 from tfp_abml.errors import UserInputError
 
 JIT_MODES = ("auto", "on", "off")
+TASK_LOOPS = ("auto", "unrolled", "map_fn")  # maml/metasgd: how a meta-batch's tasks are adapted
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
 POSTERIORS = ("paper", "aligned")  # checked here without importing TensorFlow
 TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
@@ -26,7 +27,8 @@ LEGACY_VALUES = {"posterior": "paper", "task_encoding": "concat", "learn_inner_l
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
 
 # Settings that may change when a run is resumed: how long to train, and where the data lives.
-RESUMABLE_CHANGES = ("epochs", "data_dir")
+# --task-loop changes how the graph is built, not what it computes (tests/baselines).
+RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop")
 
 
 @dataclasses.dataclass
@@ -50,6 +52,7 @@ class RunConfig:
     inner_lr: float = 0.5
     kl_scale: float = 1e-6
     first_order: bool = False
+    task_loop: str = "auto"  # maml/metasgd: "unrolled", "map_fn", or auto (resolved_task_loop)
     initial_scale: float = 0.01
     eval_samples: int = 10
     meta_batch: int = 4
@@ -91,6 +94,11 @@ class RunConfig:
         if self.task_encoding == "pool" and self.posterior == "paper":
             raise UserInputError("--task-encoding pool carries no class order, so the paper's posterior cannot "
                                  "tell its output units apart: use it with --posterior aligned")
+        if self.task_loop not in TASK_LOOPS:
+            raise UserInputError(f"unknown --task-loop {self.task_loop!r}: use one of {', '.join(TASK_LOOPS)}")
+        if self.task_loop != "auto" and self.method not in ("maml", "metasgd"):
+            raise UserInputError(f"--task-loop applies only to --method maml or metasgd, not {self.method}: "
+                                 "leave it out")
         if self.jit not in JIT_MODES:
             raise UserInputError(f"unknown --jit {self.jit!r}: use one of {', '.join(JIT_MODES)}")
         positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
@@ -124,6 +132,15 @@ class RunConfig:
     @property
     def resolved_learning_rate(self):
         return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATE[self.method])
+
+    @property
+    def resolved_task_loop(self):
+        """MAML's task loop: as asked, or for "auto" the one with the shorter first step
+        (tracing and graph optimization): unrolled for Conv-4, ``tf.map_fn`` for EfficientNetB0,
+        whose unrolled meta-batch takes minutes longer to trace (README, Speed)."""
+        if self.task_loop != "auto":
+            return self.task_loop
+        return "unrolled" if self.encoder == "conv4" else "map_fn"
 
     @property
     def resolved_image_size(self):
@@ -188,10 +205,8 @@ class RunConfig:
             return baselines.MatchingNetwork(encoder, self.ways)
         if self.method in ("maml", "metasgd"):
             cls = baselines.MAML if self.method == "maml" else baselines.MetaSGD
-            # EfficientNetB0's graph is large enough that mapping over tasks halves the trace and
-            # graph optimization (minutes) at no cost per episode; Conv-4's unrolled graph runs faster.
             return cls(encoder, self.ways, inner_steps=self.inner_steps, inner_lr=self.inner_lr,
-                       first_order=self.first_order, task_loop="unrolled" if self.encoder == "conv4" else "map_fn")
+                       first_order=self.first_order, task_loop=self.resolved_task_loop)
         return AmortizedBNN(encoder, self.ways, hidden_units=self.hidden_units, noise_dim=self.noise_dim,
                             inner_steps=self.inner_steps, inner_lr=self.inner_lr, kl_scale=self.kl_scale,
                             first_order=self.first_order, eval_samples=self.eval_samples,

@@ -21,7 +21,7 @@ import time
 
 from tfp_abml.distribute import STRATEGIES, check_strategy
 from tfp_abml.errors import UserInputError
-from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, TASK_ENCODINGS, RunConfig
+from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, TASK_ENCODINGS, TASK_LOOPS, RunConfig
 from training._cli import Parser, run_command
 
 _DEFAULTS = RunConfig()
@@ -68,6 +68,10 @@ def build_parser():
     model.add_argument("--inner-steps", type=int, default=_DEFAULTS.inner_steps, help="inner SGD steps (paper: 1 or 5)")
     model.add_argument("--inner-lr", type=float, default=_DEFAULTS.inner_lr, help="inner SGD lr (paper: 1.0 or 0.5)")
     model.add_argument("--first-order", action="store_true", help="drop second-order terms of the inner loop")
+    model.add_argument("--task-loop", default=_DEFAULTS.task_loop, choices=TASK_LOOPS,
+                       help="maml/metasgd: adapt a meta-batch's tasks unrolled in the graph or in a tf.map_fn "
+                            "(same numbers; map_fn traces in about half the time, unrolled may run faster per "
+                            "episode). auto: unrolled for conv4, map_fn for efficientnet_b0 (see README, Speed)")
     model.add_argument("--kl-scale", type=float, default=_DEFAULTS.kl_scale,
                        help="weight of KL(q || N(0,1)), summed over BNN weights, in the outer loss")
     model.add_argument("--eval-samples", type=int, default=_DEFAULTS.eval_samples,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tfp_abml.data import episode_dataset, make_sampler
+from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import RunConfig
 
 STEPS = {"protonet": 40, "matching": 40, "maml": 100, "metasgd": 100}
@@ -55,6 +56,12 @@ def test_maml_task_loops_give_the_same_logits_and_outer_gradients(method):
     model = config.build_model()
     assert model.task_loop == "unrolled"
     assert RunConfig(method=method, encoder="efficientnet_b0").build_model().task_loop == "map_fn"
+    assert RunConfig(method=method, encoder="efficientnet_b0", task_loop="unrolled").build_model().task_loop == "unrolled"
+    assert RunConfig(method=method, task_loop="map_fn").build_model().task_loop == "map_fn"
+    # Same numbers either way, so a run may resume with the other loop.
+    assert RunConfig(method=method, task_loop="map_fn").differences(RunConfig(method=method)) == []
+    with pytest.raises(UserInputError, match="unknown --task-loop 'vmap'"):
+        RunConfig(method=method, task_loop="vmap").validate()
     rng = np.random.default_rng(0)
     inputs = {"support_images": tf.constant(rng.uniform(size=(2, 6, 28, 28, 1)), tf.float32),
               "support_labels": tf.constant([[0, 0, 1, 1, 2, 2]] * 2),

@@ -19,7 +19,7 @@ order inner steps instead of T copies. Same numbers either way (tested); the tra
 ``benchmarks/speed.py`` (README, Speed): the unrolled graph runs a little faster per episode, the
 mapped one traces and optimizes in about half the time. For EfficientNetB0 that is minutes per
 traced function (training, evaluation, export), so :class:`tfp_abml.run_config.RunConfig` maps
-there and unrolls for Conv-4.
+there and unrolls for Conv-4 unless told otherwise (``--task-loop``).
 """
 
 from __future__ import annotations
