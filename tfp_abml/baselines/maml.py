@@ -16,7 +16,7 @@ in the original MAML.
 The T tasks of a meta-batch are adapted one after another, either unrolled in the graph
 (``task_loop="unrolled"``) or in a ``tf.map_fn`` (``"map_fn"``), which holds one task's K second-
 order inner steps instead of T copies. Same numbers either way (tested); the trade, measured by
-``benchmarks/speed.py`` (README, Speed): the unrolled graph runs a little faster per episode, the
+``benchmarks/speed.py`` (README, Speed): the unrolled graph runs 1.1-1.2x faster per episode, the
 mapped one traces and optimizes in about half the time. For EfficientNetB0 that is minutes per
 traced function (training, evaluation, export), so :class:`tfp_abml.run_config.RunConfig` maps
 there and unrolls for Conv-4 unless told otherwise (``--task-loop``).
