@@ -96,6 +96,9 @@ def test_jit_auto_is_off_unless_a_long_run_asks_for_a_measurement(monkeypatch, t
     assert key.startswith(jit_choice.device_key()) and entry["xla_ms"] == 5.0
     assert RunConfig(epochs=20, steps_per_epoch=100, shots=5).keras_jit_compile(measure=True)  # another shape
     assert len(measured) == 2
+    maml = RunConfig(method="maml", epochs=20, steps_per_epoch=100)
+    assert jit_choice.model_key(maml) != jit_choice.model_key(RunConfig(method="maml", task_loop="map_fn"))
+    assert jit_choice.model_key(maml) == jit_choice.model_key(RunConfig(method="maml", task_loop="unrolled"))
 
 
 def test_jit_measurement_batch_has_the_pipeline_layout():

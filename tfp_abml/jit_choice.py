@@ -72,6 +72,8 @@ def model_key(config):
     values = {name: getattr(config, name) for name in SHAPE_SETTINGS}
     values["hidden_units"] = list(values["hidden_units"])
     values["image_size"] = config.resolved_image_size
+    if config.method in ("maml", "metasgd"):  # the two task loops are different graphs for XLA
+        values["task_loop"] = config.resolved_task_loop
     return json.dumps(values, sort_keys=True)
 
 
