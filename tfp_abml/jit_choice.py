@@ -30,6 +30,8 @@ import pathlib
 import subprocess
 import sys
 
+from tfp_abml.run_config import MAML_METHODS
+
 MEASURE_MIN_STEPS = 1000
 XLA_MARGIN = 0.10
 SHAPE_SETTINGS = ("method", "dataset", "encoder", "image_size", "embedding_dim", "hidden_units", "posterior",
@@ -72,7 +74,7 @@ def model_key(config):
     values = {name: getattr(config, name) for name in SHAPE_SETTINGS}
     values["hidden_units"] = list(values["hidden_units"])
     values["image_size"] = config.resolved_image_size
-    if config.method in ("maml", "metasgd"):  # the two task loops are different graphs for XLA
+    if config.method in MAML_METHODS:  # the two task loops are different graphs for XLA
         values["task_loop"] = config.resolved_task_loop
     return json.dumps(values, sort_keys=True)
 

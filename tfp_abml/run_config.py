@@ -15,6 +15,7 @@ from tfp_abml.errors import UserInputError
 JIT_MODES = ("auto", "on", "off")
 TASK_LOOPS = ("auto", "unrolled", "map_fn")  # maml/metasgd: how a meta-batch's tasks are adapted
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
+MAML_METHODS = ("maml", "metasgd")  # adapt the whole network per task; --task-loop applies to them
 POSTERIORS = ("paper", "aligned")  # checked here without importing TensorFlow
 TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
 # --task-encoding and --learn-inner-lr when not given, per --posterior.
@@ -26,8 +27,8 @@ LEGACY_VALUES = {"posterior": "paper", "task_encoding": "concat", "learn_inner_l
 # output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
 
-# Settings that may change when a run is resumed: how long to train, and where the data lives.
-# --task-loop changes how the graph is built, not what it computes (tests/baselines).
+# Settings that may change when a run is resumed: how long to train, where the data lives, and
+# MAML's task loop (it changes how the graph is built, not what it computes; tests/baselines).
 RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop")
 
 
@@ -96,7 +97,7 @@ class RunConfig:
                                  "tell its output units apart: use it with --posterior aligned")
         if self.task_loop not in TASK_LOOPS:
             raise UserInputError(f"unknown --task-loop {self.task_loop!r}: use one of {', '.join(TASK_LOOPS)}")
-        if self.task_loop != "auto" and self.method not in ("maml", "metasgd"):
+        if self.task_loop != "auto" and self.method not in MAML_METHODS:
             raise UserInputError(f"--task-loop applies only to --method maml or metasgd, not {self.method}: "
                                  "leave it out")
         if self.jit not in JIT_MODES:
@@ -203,7 +204,7 @@ class RunConfig:
             return baselines.PrototypicalNetwork(encoder, self.ways)
         if self.method == "matching":
             return baselines.MatchingNetwork(encoder, self.ways)
-        if self.method in ("maml", "metasgd"):
+        if self.method in MAML_METHODS:
             cls = baselines.MAML if self.method == "maml" else baselines.MetaSGD
             return cls(encoder, self.ways, inner_steps=self.inner_steps, inner_lr=self.inner_lr,
                        first_order=self.first_order, task_loop=self.resolved_task_loop)
