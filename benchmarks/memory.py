@@ -48,7 +48,7 @@ def build_parser():
     p.add_argument("--encoders", nargs="+", choices=list(ENCODER_SIZES), default=["conv4-28"])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--task-loops", nargs="+", choices=("auto", "unrolled", "map_fn"), default=["auto"],
+    p.add_argument("--task-loops", nargs="+", choices=("auto", "unrolled", "map_fn", "sequential"), default=["auto"],
                    help="MAML's task loop(s) to measure (maml and metasgd only; others run once)")
     p.add_argument("--meta-batch", type=int, nargs="+", default=[None],
                    help="tasks per outer step (default: training.fit's); several to see how memory scales")

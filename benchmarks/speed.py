@@ -194,12 +194,14 @@ def print_report(result):
                   f"fused {row['fused_ms_per_episode']:8.1f}  {row['speedup']:5.2f}x faster")
         print()
     if result.get("maml_task_loop"):
-        print("Speed-up: maml's tasks in tf.map_fn instead of unrolled (first step s; ms per episode)")
+        print("Speed-up: maml's task loops against unrolled (first step s; ms per episode)")
         for row in result["maml_task_loop"]:
-            print(f"  {row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s XLA off  first step "
-                  f"{row['unrolled_first_step_s']:6.1f} -> {row['map_fn_first_step_s']:6.1f} "
-                  f"({row['first_step_speedup']:.2f}x faster); per episode {row['unrolled_ms_per_episode']:7.1f} -> "
-                  f"{row['map_fn_ms_per_episode']:7.1f} ({row['map_fn_over_unrolled_time_per_episode']:.2f}x the time)")
+            print(f"  {row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s XLA off, unrolled: first step "
+                  f"{row['unrolled_first_step_s']:6.1f} s, {row['unrolled_ms_per_episode']:7.1f} ms per episode")
+            for loop in (key[:-len("_first_step_speedup")] for key in row if key.endswith("_first_step_speedup")):
+                print(f"    {loop:10s} first step {row[f'{loop}_first_step_s']:6.1f} s "
+                      f"({row[f'{loop}_first_step_speedup']:.2f}x faster), {row[f'{loop}_ms_per_episode']:7.1f} ms "
+                      f"per episode ({row[f'{loop}_over_unrolled_time_per_episode']:.2f}x the time)")
         print()
     peer = result.get("torch_peer")
     if peer and "rows" in peer:

@@ -213,15 +213,15 @@ def batch_norm_speedup(methods, settings, block_seconds, repeats, log=print):
     return rows
 
 
-def maml_task_loop_speedup(settings, block_seconds, repeats, log=print):
-    """MAML's tasks unrolled in the graph vs in a ``tf.map_fn``: first step (trace, graph
-    optimization, first run; single runs, not interleaved) and time per episode (interleaved)."""
+def maml_task_loop_speedup(settings, block_seconds, repeats, log=print, loops=("unrolled", "map_fn", "sequential")):
+    """MAML's task loops (``--task-loop``) side by side: first step (trace, graph optimization, first
+    run; single runs, not interleaved) and time per episode (interleaved); ratios against unrolled."""
     import gc
 
     import keras
 
     contenders = {}
-    for loop in ("unrolled", "map_fn"):
+    for loop in loops:
         log(f"  building maml, tasks {loop} ...")
         contenders[loop], _ = training_contender(method_config("maml", jit="off", task_loop=loop, **settings),
                                                  block_seconds)
@@ -231,8 +231,9 @@ def maml_task_loop_speedup(settings, block_seconds, repeats, log=print):
         row[f"{loop}_first_step_s"] = block.compile_seconds
         row[f"{loop}_ms_per_episode"] = 1000.0 * timed[loop]["median_s_per_unit"]
         row[f"{loop}_blocks_ms_per_episode"] = [1000.0 * s for s in timed[loop]["blocks_s_per_unit"]]
-    row["first_step_speedup"] = row["unrolled_first_step_s"] / row["map_fn_first_step_s"]
-    row["map_fn_over_unrolled_time_per_episode"] = row["map_fn_ms_per_episode"] / row["unrolled_ms_per_episode"]
+    for loop in loops[1:]:  # (results before "sequential" call map_fn's first_step_speedup)
+        row[f"{loop}_first_step_speedup"] = row["unrolled_first_step_s"] / row[f"{loop}_first_step_s"]
+        row[f"{loop}_over_unrolled_time_per_episode"] = row[f"{loop}_ms_per_episode"] / row["unrolled_ms_per_episode"]
     del contenders
     keras.backend.clear_session()
     gc.collect()

@@ -133,16 +133,18 @@ def test_speed_benchmark_times_a_group_and_writes_every_target(tmp_path, data_di
     assert "data_dir" not in rows[0] and str(output) in result.stdout
 
 
-def test_maml_task_loop_speedup_times_both_loops(data_dir):
+def test_maml_task_loop_speedup_times_every_loop(data_dir):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from speed_cases import maml_task_loop_speedup
 
     settings = {"encoder": "conv4", "image_size": 28, "ways": 5, "shots": 1, "data_dir": str(data_dir)}
     row = maml_task_loop_speedup(settings, block_seconds=0.05, repeats=1, log=lambda message: None)
-    for loop in ("unrolled", "map_fn"):
+    for loop in ("unrolled", "map_fn", "sequential"):
         assert row[f"{loop}_first_step_s"] > 0 and row[f"{loop}_ms_per_episode"] > 0
-    assert row["first_step_speedup"] == row["unrolled_first_step_s"] / row["map_fn_first_step_s"]
-    assert row["map_fn_over_unrolled_time_per_episode"] == row["map_fn_ms_per_episode"] / row["unrolled_ms_per_episode"]
+    for loop in ("map_fn", "sequential"):
+        assert row[f"{loop}_first_step_speedup"] == row["unrolled_first_step_s"] / row[f"{loop}_first_step_s"]
+        assert row[f"{loop}_over_unrolled_time_per_episode"] == (row[f"{loop}_ms_per_episode"]
+                                                                 / row["unrolled_ms_per_episode"])
 
 
 def _one_training_step(method, jit, dtype="float32", **config):
@@ -201,3 +203,20 @@ def test_xla_compiled_noisy_or_second_order_step_trains_like_the_uncompiled_one(
     if method == "maml":
         assert moved == [not np.array_equal(off, before) for before, off in zip(init, after_off)]
     assert sum(moved) > len(moved) / 2 and all(np.all(np.isfinite(on)) for on in after_on)
+
+
+def test_speed_report_prints_every_maml_task_loop_against_unrolled(capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speed
+
+    row = {"encoder": "conv4", "image_size": 28, "ways": 5, "shots": 1, "unrolled_first_step_s": 20.0,
+           "unrolled_ms_per_episode": 100.0}
+    for loop, first, ms in (("map_fn", 10.0, 110.0), ("sequential", 8.0, 120.0)):
+        row |= {f"{loop}_first_step_s": first, f"{loop}_ms_per_episode": ms,
+                f"{loop}_first_step_speedup": 20.0 / first, f"{loop}_over_unrolled_time_per_episode": ms / 100.0}
+    speed.print_report({"machine": "m", "cpu": "c", "load_average_before": 0.0, "load_average_after": 0.0,
+                        "maml_task_loop": [row], "targets": []})
+    out = capsys.readouterr().out
+    assert "unrolled: first step   20.0 s,   100.0 ms per episode" in out
+    assert "map_fn     first step   10.0 s (2.00x faster),   110.0 ms per episode (1.10x the time)" in out
+    assert "sequential first step    8.0 s (2.50x faster),   120.0 ms per episode (1.20x the time)" in out

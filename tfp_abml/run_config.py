@@ -13,7 +13,7 @@ import json
 from tfp_abml.errors import UserInputError
 
 JIT_MODES = ("auto", "on", "off")
-TASK_LOOPS = ("auto", "unrolled", "map_fn")  # maml/metasgd: how a meta-batch's tasks are adapted
+TASK_LOOPS = ("auto", "unrolled", "map_fn", "sequential")  # maml/metasgd: how a meta-batch's tasks are adapted
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
 MAML_METHODS = ("maml", "metasgd")  # adapt the whole network per task; --task-loop applies to them
 POSTERIORS = ("paper", "aligned")  # checked here without importing TensorFlow
@@ -53,7 +53,7 @@ class RunConfig:
     inner_lr: float = 0.5
     kl_scale: float = 1e-6
     first_order: bool = False
-    task_loop: str = "auto"  # maml/metasgd: "unrolled", "map_fn", or auto (resolved_task_loop)
+    task_loop: str = "auto"  # maml/metasgd: "unrolled", "map_fn", "sequential", or auto (resolved_task_loop)
     initial_scale: float = 0.01
     eval_samples: int = 10
     meta_batch: int = 4

@@ -88,3 +88,37 @@ def test_maml_task_loops_give_the_same_logits_and_outer_gradients(method):
         np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4 * scale)
     with pytest.raises(ValueError, match="task_loop"):
         type(model)(model.encoder, 3, task_loop="vectorized")
+
+
+@pytest.mark.parametrize("method", ["maml", "metasgd"])
+def test_sequential_task_loop_takes_the_same_outer_step_as_the_unrolled_one(method):
+    # "sequential" sums per-task outer gradients in a tf.while_loop instead of differentiating the
+    # meta-batch at once: the same second-order step, logs and updated weights (Meta-SGD's rates too).
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    inputs = {"support_images": tf.constant(rng.uniform(size=(3, 6, 28, 28, 1)), tf.float32),
+              "support_labels": tf.constant([[0, 0, 1, 1, 2, 2]] * 3),
+              "query_images": tf.constant(rng.uniform(size=(3, 6, 28, 28, 1)), tf.float32)}
+    labels = tf.constant([[0, 1, 2, 0, 1, 2], [2, 1, 0, 2, 1, 0], [0, 0, 1, 1, 2, 2]])
+    results = {}
+    for loop in ("unrolled", "sequential"):
+        keras.utils.set_random_seed(0)
+        config = RunConfig(method=method, ways=3, shots=2, queries=2, inner_steps=3, inner_lr=0.1, meta_batch=3,
+                           task_loop=loop).validate()
+        model = config.build_model()
+        assert model.task_loop == loop
+        model.compile(optimizer=keras.optimizers.SGD(0.1))  # SGD: the update is the gradient, scaled
+        model(inputs)
+        before = [v.numpy() for v in model.trainable_variables]
+        logs = model.train_on_batch(inputs, labels, return_dict=True)
+        results[loop] = logs, [v.numpy() - b for v, b in zip(model.trainable_variables, before)]
+        np.testing.assert_allclose(model.predict_on_batch(inputs), tf.nn.softmax(model.logits(inputs)), rtol=1e-5)
+    (expected_logs, expected_steps), (logs, steps) = results["unrolled"], results["sequential"]
+    for name in ("loss", "nll", "accuracy"):
+        assert logs[name] == pytest.approx(expected_logs[name], rel=1e-5)
+    assert len(steps) == len(expected_steps) == len(model.trainable_variables) > 0
+    for step, expected in zip(steps, expected_steps):
+        scale = float(np.max(np.abs(expected)))
+        assert scale > 0
+        np.testing.assert_allclose(step, expected, rtol=1e-3, atol=1e-4 * scale)

@@ -42,7 +42,7 @@ CASES = [
     ("fit", ["--jit", "maybe"], "argument --jit: invalid choice"),
     ("fit", ["--task-loop", "vectorized"], "argument --task-loop: invalid choice"),
     ("fit", ["--task-loop", "map_fn"], "--task-loop applies only to --method maml or metasgd, not abml"),
-    ("fit", ["--config", '{config:{"task_loop": "vmap"}}'], "task_loop must be one of auto, unrolled, map_fn, got 'vmap'"),
+    ("fit", ["--config", '{config:{"task_loop": "vmap"}}'], "task_loop must be one of auto, unrolled, map_fn, sequential, got 'vmap'"),
     ("fit", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ("fit", ["--ways"], "argument --ways: expected one argument"),
     # training.fit: combinations, config files, output folders

@@ -13,13 +13,22 @@ The network runs functionally through Keras 3's ``stateless_call`` with the adap
 as tensors. Batch norm uses the statistics of the batch at hand, in training and evaluation, as
 in the original MAML.
 
-The T tasks of a meta-batch are adapted one after another, either unrolled in the graph
-(``task_loop="unrolled"``) or in a ``tf.map_fn`` (``"map_fn"``), which holds one task's K second-
-order inner steps instead of T copies. Same numbers either way (tested); the trade, measured by
-``benchmarks/speed.py`` (README, Speed): the unrolled graph runs 1.1-1.2x faster per episode, the
-mapped one traces and optimizes in about half the time. For EfficientNetB0 that is minutes per
-traced function (training, evaluation, export), so :class:`tfp_abml.run_config.RunConfig` maps
-there and unrolls for Conv-4 unless told otherwise (``--task-loop``).
+The T tasks of a meta-batch are adapted one after another, in one of three ``task_loop``\ s:
+
+- ``"unrolled"``: T copies of the inner loop in the graph, differentiated together;
+- ``"map_fn"``: one copy in a ``tf.map_fn``, differentiated as a loop (the graph holds one task's
+  K second-order inner steps instead of T copies, but the outer backward pass still keeps every
+  task's activations);
+- ``"sequential"``: one task at a time in a ``tf.while_loop`` whose body takes that task's outer
+  gradient and adds it to a running sum, as PyTorch users of ``higher`` call ``backward()`` per task.
+  Only training steps differ (evaluation maps): a task's activations are freed before the next
+  task starts, so peak memory is about one task's, whatever the meta-batch.
+
+Same numbers every way (tested). Trade-offs, measured by ``benchmarks/speed.py`` and
+``benchmarks/memory.py`` (README, Speed): the unrolled graph runs 1.1-1.2x faster per episode,
+the mapped one traces and optimizes in about half the time; for EfficientNetB0 that is minutes
+per traced function (training, evaluation, export), so :class:`tfp_abml.run_config.RunConfig`
+maps there and unrolls for Conv-4 unless told otherwise (``--task-loop``).
 """
 
 from __future__ import annotations
@@ -27,9 +36,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfp_abml.distribute import replica_loss
 from tfp_abml.episodic import LogitModel
 from tfp_abml.fused_batch_norm import set_fused
 from tfp_abml.inner_loop import sgd_adapt
+from tfp_abml.run_config import TASK_LOOPS as CONFIG_TASK_LOOPS
+
+TASK_LOOPS = tuple(loop for loop in CONFIG_TASK_LOOPS if loop != "auto")  # RunConfig resolves "auto"
 
 
 class MAML(LogitModel):
@@ -38,8 +51,8 @@ class MAML(LogitModel):
     def __init__(self, encoder, ways, inner_steps=5, inner_lr=0.4, first_order=False, task_loop="unrolled",
                  **kwargs):
         super().__init__(ways, **kwargs)
-        if task_loop not in ("unrolled", "map_fn"):
-            raise ValueError(f"task_loop must be 'unrolled' or 'map_fn', not {task_loop!r}")
+        if task_loop not in TASK_LOOPS:
+            raise ValueError(f"task_loop must be one of {', '.join(TASK_LOOPS)}, not {task_loop!r}")
         self.encoder = encoder
         self.inner_steps, self.inner_lr, self.first_order = int(inner_steps), float(inner_lr), bool(first_order)
         self.task_loop = task_loop
@@ -72,10 +85,39 @@ class MAML(LogitModel):
     def logits(self, inputs, training=False):
         """Query logits ``[T, M, N]``, each task with its own adapted weights."""
         tasks = (inputs["support_images"], tf.cast(inputs["support_labels"], tf.int32), inputs["query_images"])
-        if self.task_loop == "map_fn":
+        if self.task_loop in ("map_fn", "sequential"):  # "sequential" differs in train_step only
             return tf.map_fn(self._task_logits, tasks, fn_output_signature=tf.as_dtype(self.network.compute_dtype))
         # Unrolled: the meta-batch size must be static, as it is in training and export.
         return tf.stack([self._task_logits([part[t] for part in tasks]) for t in range(tasks[0].shape[0])])
+
+    def train_step(self, data):
+        if self.task_loop != "sequential":
+            return super().train_step(data)
+        inputs, query_labels = self._unpack(data)
+        tasks = (inputs["support_images"], tf.cast(inputs["support_labels"], tf.int32), inputs["query_images"],
+                 tf.cast(query_labels, tf.int32))
+        count = tf.shape(tasks[0])[0]
+        variables = self.trainable_variables
+
+        def one_task(t, gradient_sums, logits_so_far):
+            support_images, support_labels, query_images, labels = (part[t] for part in tasks)
+            with tf.GradientTape() as tape:
+                logits = self._task_logits((support_images, support_labels, query_images))
+                nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+                # Every task has the same number of queries: the mean over tasks of this is the episode's loss.
+                loss = replica_loss(nll / tf.cast(count, nll.dtype))
+            gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return t + 1, [s + g for s, g in zip(gradient_sums, gradients)], logits_so_far.write(t, logits)
+
+        logits_array = tf.TensorArray(tf.as_dtype(self.network.compute_dtype), size=count, element_shape=None)
+        # parallel_iterations=1: two tasks in flight would hold two tasks' activations.
+        _, gradients, logits_array = tf.while_loop(
+            lambda t, *_: t < count, one_task, (tf.constant(0), [tf.zeros(v.shape, v.dtype) for v in variables], logits_array),
+            parallel_iterations=1)
+        self.optimizer.apply(gradients, variables)
+        logits = logits_array.stack()
+        nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tasks[3], logits=logits))
+        return self._record({"loss": nll, "nll": nll, "probabilities": tf.nn.softmax(logits)}, query_labels)
 
 
 class MetaSGD(MAML):
