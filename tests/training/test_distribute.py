@@ -214,6 +214,22 @@ def test_mirrored_with_one_replica_trains_as_without_a_strategy(tmp_path, data_d
     assert _max_difference(_weights(tmp_path / "mirrored"), _weights(tmp_path / "none")) < 1e-6
 
 
+def test_maml_tasks_one_at_a_time_on_two_mirrored_replicas_train_like_unrolled_in_one_process(tmp_path, data_dir):
+    # --task-loop sequential sums per-task outer gradients inside the replica's train step; across
+    # replicas the optimizer sums again. Both sums must make the single process's mean (float64).
+    args = ["--method", "maml", *TINY, "--epochs", "1", "--data-dir", str(data_dir)]
+    single, mirrored = tmp_path / "single", tmp_path / "mirrored"
+    replicas = _start([*args, "--task-loop", "sequential", "--strategy", "mirrored", "--output", str(mirrored)],
+                      ["--float64", "--logical-cpus", "2"])
+    with _float64():
+        assert fit.main([*args, "--task-loop", "unrolled", "--output", str(single)]) == 0
+    _finish(replicas)
+    np.testing.assert_allclose(_history(mirrored)["loss"], _history(single)["loss"], rtol=1e-9)
+    difference = _max_difference(_weights(mirrored), _weights(single))
+    print(f"largest difference of a weight or Adam moment, sequential on 2 replicas vs unrolled (float64): {difference:.2g}")
+    assert difference < 1e-8
+
+
 def _error_line(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
