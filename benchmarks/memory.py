@@ -52,7 +52,7 @@ def build_parser():
                    help="MAML's task loop(s) to measure (maml and metasgd only; others run once)")
     p.add_argument("--meta-batch", type=int, nargs="+", default=[None],
                    help="tasks per outer step (default: training.fit's); several to see how memory scales")
-    p.add_argument("--steps", type=int, default=4, help="outer steps each child runs (the first traces)")
+    p.add_argument("--steps", type=int, default=4, help="outer steps each child runs, at least 4 (the first traces)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a child is stopped")
     p.add_argument("--output", default=None, help="JSON path; default benchmarks/results/memory_<machine>.json")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: one configuration, as JSON

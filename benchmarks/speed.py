@@ -265,7 +265,7 @@ def main(argv=None):
         result["maml_task_loop"] = []
         for encoder in ["conv4-28"] + [e for e in ("efficientnet_b0-32",) if e in _grid_encoders(args)]:
             settings = _settings(args, encoder, "5w1s")
-            log(f"speed-up: maml's tasks in tf.map_fn, {encoder} 5w1s")
+            log(f"speed-up: maml's task loops, {encoder} 5w1s")
             row = cases.maml_task_loop_speedup(settings, args.block_seconds, args.repeats, log)
             row.pop("data_dir")
             result["maml_task_loop"].append(row)

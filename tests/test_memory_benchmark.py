@@ -67,3 +67,5 @@ def test_memory_benchmark_measures_real_training_and_writes_json(tmp_path, data_
     # TensorFlow alone holds a few hundred MiB; the machine's memory bounds the rest.
     assert 0.2 < row["peak_rss_gib"] < saved["memory_total_gib"]
     assert "data_dir" not in row and str(output) in result.stdout
+    table = result.stdout[result.stdout.index("peak GiB"):]
+    assert f"{row['peak_rss_gib']:7.2f}" in table and "protonet" in table and " ok" in table

@@ -152,7 +152,7 @@ def _one_training_step(method, jit, dtype="float32", **config):
     config = RunConfig(method=method, ways=3, shots=2, queries=2, inner_steps=2, inner_lr=0.01, meta_batch=2, **config)
     model = config.build_model()
     if jit and method == "maml" and config.task_loop == "auto":
-        model.task_loop = "map_fn"  # XLA over the task loop EfficientNetB0 uses, against Conv-4's unrolled one
+        model.task_loop = "map_fn"  # XLA over the mapped loop, against Conv-4's unrolled one
     # SGD, not Adam: Adam's first step is about lr * sign(gradient), which round-off can flip.
     model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
     rng = np.random.default_rng(0)

@@ -21,14 +21,15 @@ The T tasks of a meta-batch are adapted one after another, in one of three ``tas
   task's activations);
 - ``"sequential"``: one task at a time in a ``tf.while_loop`` whose body takes that task's outer
   gradient and adds it to a running sum, as PyTorch users of ``higher`` call ``backward()`` per task.
-  Only training steps differ (evaluation maps): a task's activations are freed before the next
-  task starts, so peak memory is about one task's, whatever the meta-batch.
+  Only training steps differ (evaluation maps): a task's activations can be freed before the next
+  task starts, instead of being kept for one backward pass over the whole meta-batch.
 
 Same numbers every way (tested). Trade-offs, measured by ``benchmarks/speed.py`` and
-``benchmarks/memory.py`` (README, Speed): the unrolled graph runs 1.1-1.2x faster per episode,
-the mapped one traces and optimizes in about half the time; for EfficientNetB0 that is minutes
-per traced function (training, evaluation, export), so :class:`tfp_abml.run_config.RunConfig`
-maps there and unrolls for Conv-4 unless told otherwise (``--task-loop``).
+``benchmarks/memory.py`` (README, Speed and Memory): the unrolled graph runs 1.07-1.19x faster
+per episode than the others; the mapped one traces in half its time, the sequential one in about
+a quarter (EfficientNetB0: 119 s against 531 s) and needs the least memory (the only loop that fits
+EfficientNetB0 at 84 px 5-way 5-shot in 24 GiB). So :class:`tfp_abml.run_config.RunConfig` runs
+sequential for EfficientNetB0 and unrolls for Conv-4 unless told otherwise (``--task-loop``).
 """
 
 from __future__ import annotations
