@@ -1,6 +1,6 @@
 """Peak memory of training, one configuration per process.
 
-    python benchmarks/memory.py --data-dir ../shared/data                       # Conv-4, every method, ~5 min
+    python benchmarks/memory.py --data-dir ../shared/data                       # Conv-4, every method, minutes
     python benchmarks/memory.py --data-dir ../shared/data --encoders efficientnet_b0-84 \\
         --settings 5w1s --methods maml --task-loops unrolled map_fn           # what --task-loop costs in memory
 
