@@ -9,8 +9,8 @@ is built, traced and trained for a few outer steps as ``training.fit`` trains it
 process of its own, so that one configuration's peak is not another's. The parent reads the
 child's resident-memory high-water mark (``VmHWM`` in ``/proc/<pid>/status``) while it runs: a
 child the kernel kills for want of memory still leaves its last reading, recorded as a lower
-bound with how it ended. Peak memory includes TensorFlow's graph optimization of the traced step,
-which for second-order MAML on EfficientNetB0 is itself large. Writes
+bound with how it ended. The peak includes tracing and TensorFlow's graph optimization of the
+step (not measured apart). Writes
 ``benchmarks/results/memory_<machine>.json`` after every configuration (``"complete": false``
 until the end) and prints a table. Times printed beside the peaks (first step; ms per episode over
 two steps, not interleaved) are for orientation only: ratios come from ``benchmarks/speed.py``.
@@ -34,8 +34,9 @@ sys.path.insert(0, str(HERE))
 
 from speed import ENCODER_SIZES, SETTINGS, _settings, cpu_model, machine_name  # noqa: E402
 
+from tfp_abml.run_config import MAML_METHODS, TASK_LOOPS  # noqa: E402  (no TensorFlow imported)
+
 RESULTS = HERE / "results"
-TASK_LOOP_METHODS = ("maml", "metasgd")  # the methods --task-loop applies to (run_config.MAML_METHODS)
 GIB = 1024.0 ** 3
 
 
@@ -48,7 +49,7 @@ def build_parser():
     p.add_argument("--encoders", nargs="+", choices=list(ENCODER_SIZES), default=["conv4-28"])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--task-loops", nargs="+", choices=("auto", "unrolled", "map_fn", "sequential"), default=["auto"],
+    p.add_argument("--task-loops", nargs="+", choices=TASK_LOOPS, default=["auto"],
                    help="MAML's task loop(s) to measure (maml and metasgd only; others run once)")
     p.add_argument("--meta-batch", type=int, nargs="+", default=[None],
                    help="tasks per outer step (default: training.fit's); several to see how memory scales")
@@ -65,7 +66,7 @@ def configurations(args):
     for encoder in args.encoders:
         for setting in args.settings:
             for method in args.methods:
-                loops = args.task_loops if method in TASK_LOOP_METHODS else [None]
+                loops = args.task_loops if method in MAML_METHODS else [None]
                 for loop in loops:
                     for meta_batch in args.meta_batch:
                         spec = {"method": method, **_settings(args, encoder, setting)}
@@ -127,7 +128,8 @@ def how_it_ended(returncode, timed_out):
 
 def measure(spec, steps, timeout):
     """One configuration in its own process: the row to record."""
-    command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", json.dumps(spec), "--steps", str(steps)]
+    command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", json.dumps(spec),
+               "--steps", str(steps)]
     returncode, peak, stdout, stderr, timed_out = run_child(command, timeout)
     row = {key: value for key, value in spec.items() if key != "data_dir"}
     row["status"] = how_it_ended(returncode, timed_out)

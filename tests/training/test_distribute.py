@@ -226,7 +226,7 @@ def test_maml_tasks_one_at_a_time_on_two_mirrored_replicas_train_like_unrolled_i
     _finish(replicas)
     np.testing.assert_allclose(_history(mirrored)["loss"], _history(single)["loss"], rtol=1e-9)
     difference = _max_difference(_weights(mirrored), _weights(single))
-    print(f"largest difference of a weight or Adam moment, sequential on 2 replicas vs unrolled (float64): {difference:.2g}")
+    print(f"largest difference of a weight or Adam moment, sequential on 2 replicas vs unrolled: {difference:.2g}")
     assert difference < 1e-8
 
 

@@ -110,11 +110,10 @@ class MAML(LogitModel):
             gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return t + 1, [s + g for s, g in zip(gradient_sums, gradients)], logits_so_far.write(t, logits)
 
-        logits_array = tf.TensorArray(tf.as_dtype(self.network.compute_dtype), size=count, element_shape=None)
+        start = (tf.constant(0), [tf.zeros(v.shape, v.dtype) for v in variables],
+                 tf.TensorArray(tf.as_dtype(self.network.compute_dtype), size=count))
         # parallel_iterations=1: two tasks in flight would hold two tasks' activations.
-        _, gradients, logits_array = tf.while_loop(
-            lambda t, *_: t < count, one_task, (tf.constant(0), [tf.zeros(v.shape, v.dtype) for v in variables], logits_array),
-            parallel_iterations=1)
+        _, gradients, logits_array = tf.while_loop(lambda t, *_: t < count, one_task, start, parallel_iterations=1)
         self.optimizer.apply(gradients, variables)
         logits = logits_array.stack()
         nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tasks[3], logits=logits))
