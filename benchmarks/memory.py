@@ -78,16 +78,21 @@ def configurations(args):
     return specs
 
 
-def high_water_mark_bytes(pid):
-    """The process's peak resident memory so far (``VmHWM``), or None once it is gone."""
+def proc_kib_field_bytes(path, field):
+    """``field`` of a ``/proc`` file whose lines read ``Field:   123 kB``, in bytes; None if absent or gone."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def high_water_mark_bytes(pid):
+    """The process's peak resident memory so far (``VmHWM``), or None once it is gone."""
+    return proc_kib_field_bytes(f"/proc/{pid}/status", "VmHWM")
 
 
 def run_child(command, timeout, poll_seconds=0.2):
@@ -162,17 +167,6 @@ def child(spec, steps):
     print(json.dumps(report), flush=True)
 
 
-def memory_total_bytes():
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def print_report(result):
     print(f"\nmachine {result['machine']} ({result['cpu']}), {result['memory_total_gib']:.1f} GiB\n")
     print(f"{'method':13s} {'encoder':16s} {'px':>3s} {'setting':7s} {'tasks':>5s} {'task loop':10s} "
@@ -194,7 +188,7 @@ def main(argv=None):
     from tfp_abml.checkpointing import write_json_atomic
 
     result = {"machine": machine_name(), "cpu": cpu_model(), "cores": os.cpu_count(),
-              "memory_total_gib": (memory_total_bytes() or 0) / GIB,
+              "memory_total_gib": (proc_kib_field_bytes("/proc/meminfo", "MemTotal") or 0) / GIB,
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "measure": "peak resident memory (VmHWM) of a child process that builds, traces and trains one "
                          f"configuration for {max(args.steps, 4)} outer steps, XLA off",

@@ -126,11 +126,15 @@ class LogitModel(EpisodicModel):
     def logits(self, inputs, training=False):
         raise NotImplementedError
 
-    def episode(self, inputs, query_labels, training):
-        logits = self.logits(inputs, training)
+    @staticmethod
+    def logit_values(logits, query_labels):
+        """The episode's values from query logits: mean cross-entropy (loss and NLL), probabilities."""
         nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.cast(query_labels, tf.int32), logits=logits))
         return {"loss": nll, "nll": nll, "probabilities": tf.nn.softmax(logits)}
+
+    def episode(self, inputs, query_labels, training):
+        return self.logit_values(self.logits(inputs, training), query_labels)
 
     def predict_episode(self, inputs, training=False):
         return tf.nn.softmax(self.logits(inputs, training))

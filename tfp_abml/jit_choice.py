@@ -74,7 +74,7 @@ def model_key(config):
     values = {name: getattr(config, name) for name in SHAPE_SETTINGS}
     values["hidden_units"] = list(values["hidden_units"])
     values["image_size"] = config.resolved_image_size
-    if config.method in MAML_METHODS:  # the two task loops are different graphs for XLA
+    if config.method in MAML_METHODS:  # each task loop is a different graph for XLA
         values["task_loop"] = config.resolved_task_loop
     return json.dumps(values, sort_keys=True)
 

@@ -104,7 +104,7 @@ class MAML(LogitModel):
             support_images, support_labels, query_images, labels = (part[t] for part in tasks)
             with tf.GradientTape() as tape:
                 logits = self._task_logits((support_images, support_labels, query_images))
-                nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+                nll = self.logit_values(logits, labels)["nll"]
                 # Every task has the same number of queries: the mean over tasks of this is the episode's loss.
                 loss = replica_loss(nll / tf.cast(count, nll.dtype))
             gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -115,9 +115,7 @@ class MAML(LogitModel):
         # parallel_iterations=1: two tasks in flight would hold two tasks' activations.
         _, gradients, logits_array = tf.while_loop(lambda t, *_: t < count, one_task, start, parallel_iterations=1)
         self.optimizer.apply(gradients, variables)
-        logits = logits_array.stack()
-        nll = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tasks[3], logits=logits))
-        return self._record({"loss": nll, "nll": nll, "probabilities": tf.nn.softmax(logits)}, query_labels)
+        return self._record(self.logit_values(logits_array.stack(), query_labels), query_labels)
 
 
 class MetaSGD(MAML):
