@@ -174,6 +174,13 @@ def print_report(result):
                 r = row[mode]
                 print(f"{shape:18s} {mode:17s} {r['flipout_us']:9.1f} {r['dense_us']:9.1f} {r['ratio']:5.2f}x")
         print()
+        print("Flipout forward, each part alone (us per application, net of the loop's own cost)")
+        names = list(result["flipout"][0]["forward_parts_us"])
+        print(f"{'T x M x in->out':18s} {'loop':>7s} " + " ".join(f"{name:>13s}" for name in names))
+        for row in result["flipout"]:
+            shape = "{} x {} x {}->{}".format(*row["shape"])
+            print(f"{shape:18s} {row['loop_us']:7.1f} " + " ".join(f"{row['forward_parts_us'][n]:13.1f}" for n in names))
+        print()
     if result.get("training"):
         print("Training (ms per episode, episodes/s; ratio to maml of the same group)")
         for row in result["training"]:

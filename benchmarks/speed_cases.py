@@ -48,7 +48,8 @@ def _clock(run, units):
 # -- Flipout dense vs a deterministic dense -----------------------------------------------------
 
 def flipout_case(shape, iterations, repeats):
-    """Flipout dense over a deterministic dense of the same batched shape, forward and forward+backward.
+    """Flipout dense over a deterministic dense of the same batched shape, forward and forward+backward,
+    and where the forward time goes.
 
     Each block is one ``tf.function`` call that applies the layer ``iterations`` times in a
     ``tf.while_loop`` (each application feeds the next, so nothing is hoisted out of the loop):
@@ -56,11 +57,16 @@ def flipout_case(shape, iterations, repeats):
     The deterministic layer is ``einsum(x, kernel) + bias``; the Flipout layer
     (:func:`tfp_abml.flipout.flipout_dense`) also draws its noise and signs, and its backward
     pass gives gradients for twice the parameters (means and rhos).
+
+    ``forward_parts_us``: each part of the Flipout forward pass alone, timed in the same loop and
+    interleaved with the rest, minus the loop's own cost (``loop_us``, a body that computes nothing):
+    the kernel noise (a Gaussian draw of the kernel's shape, as the layer draws it), the two sign
+    draws, the scales of kernel and bias from their rhos, and one batched product.
     """
     import keras
     import tensorflow as tf
 
-    from tfp_abml.flipout import DenseParams, flipout_dense, rho_from_scale
+    from tfp_abml.flipout import DenseParams, flipout_dense, rademacher, rho_from_scale, scale_from_rho
 
     tasks, examples, fan_in, fan_out = shape
     x = tf.random.normal((tasks, examples, fan_in))
@@ -78,37 +84,61 @@ def flipout_case(shape, iterations, repeats):
     def dense(inputs, params):
         return tf.einsum("tmi,tio->tmo", inputs, params[0]) + params[1][:, None, :]
 
-    def looped(layer, params, backward):
-        def body(i, inputs, total):
-            if backward:
-                with tf.GradientTape() as tape:
-                    tape.watch([inputs, *params])
-                    outputs = layer(inputs, params)
-                    loss = tf.reduce_sum(outputs * cotangent)
-                grads = tape.gradient(loss, [inputs, *params])
-                used = tf.add_n([tf.reshape(g, [-1])[0] for g in grads])  # every gradient must be computed
-            else:
-                used = tf.reshape(layer(inputs, params), [-1])[0]
-            return i + 1, inputs + 1e-6 * used, total + used
-
-        @tf.function
-        def run():
-            return tf.while_loop(lambda i, *_: i < iterations, body, (tf.constant(0), x, tf.constant(0.0)))[2]
-
-        return run
+    # The parts take the loop's inputs so that none is hoisted out of the loop: the draws through
+    # the seed generator's state, the rest through a [1, 1, 1] corner of the inputs.
+    corner = lambda inputs: inputs[:1, :1, :1]
+    parts = {
+        "loop": lambda inputs, params: inputs,
+        "kernel noise": lambda inputs, params: keras.random.normal(tf.shape(params[0]), seed=seed),
+        "sign draws": lambda inputs, params: (rademacher(tf.shape(inputs), seed=seed)[:1, :1, :1]
+                                              + rademacher((tasks, examples, fan_out), seed=seed)[:1, :1, :1]),
+        "scales": lambda inputs, params: (scale_from_rho(params[1] + corner(inputs))[:1, :1, :1]
+                                          + scale_from_rho(params[3] + corner(inputs)[0])[:1, None, :1]),
+        "product": lambda inputs, params: tf.einsum("tmi,tio->tmo", inputs, params[0]),
+    }
 
     results = {}
     for backward in (False, True):
-        runs = {"flipout": looped(flipout, flip_params, backward), "dense": looped(dense, dense_params, backward)}
+        runs = {"flipout": _looped_layer(flipout, flip_params, x, cotangent, iterations, backward),
+                "dense": _looped_layer(dense, dense_params, x, cotangent, iterations, backward)}
+        if not backward:
+            runs |= {name: _looped_layer(part, flip_params, x, cotangent, iterations, False)
+                     for name, part in parts.items()}
         for run in runs.values():
             run()  # trace
         timed = interleaved({name: (lambda run=run: _clock(lambda: float(run()), iterations))
                              for name, run in runs.items()}, repeats)
+        us = {name: 1e6 * t["median_s_per_unit"] for name, t in timed.items()}
         results["forward+backward" if backward else "forward"] = {
-            "flipout_us": 1e6 * timed["flipout"]["median_s_per_unit"],
-            "dense_us": 1e6 * timed["dense"]["median_s_per_unit"],
-            "ratio": timed["flipout"]["median_s_per_unit"] / timed["dense"]["median_s_per_unit"]}
+            "flipout_us": us["flipout"], "dense_us": us["dense"], "ratio": us["flipout"] / us["dense"]}
+        if not backward:
+            results["loop_us"] = us["loop"]
+            results["forward_parts_us"] = {name: us[name] - us["loop"] for name in parts if name != "loop"}
     return results
+
+
+def _looped_layer(layer, params, x, cotangent, iterations, backward):
+    """A ``tf.function`` applying ``layer(inputs, params)`` ``iterations`` times in a while loop;
+    with ``backward``, also the gradients of ``sum(outputs * cotangent)`` for inputs and params."""
+    import tensorflow as tf
+
+    def body(i, inputs, total):
+        if backward:
+            with tf.GradientTape() as tape:
+                tape.watch([inputs, *params])
+                outputs = layer(inputs, params)
+                loss = tf.reduce_sum(outputs * cotangent)
+            grads = tape.gradient(loss, [inputs, *params])
+            used = tf.add_n([tf.reshape(g, [-1])[0] for g in grads])  # every gradient must be computed
+        else:
+            used = tf.reshape(layer(inputs, params), [-1])[0]
+        return i + 1, inputs + 1e-6 * used, total + used
+
+    @tf.function
+    def run():
+        return tf.while_loop(lambda i, *_: i < iterations, body, (tf.constant(0), x, tf.constant(0.0)))[2]
+
+    return run
 
 
 # -- training episodes per second ---------------------------------------------------------------

@@ -221,3 +221,22 @@ def test_speed_report_prints_every_maml_task_loop_against_unrolled(capsys):
     assert "unrolled: first step   20.0 s,   100.0 ms per episode" in out
     assert "map_fn     first step   10.0 s (2.00x faster),   110.0 ms per episode (1.10x the time)" in out
     assert "sequential first step    8.0 s (2.50x faster),   120.0 ms per episode (1.20x the time)" in out
+
+
+def test_flipout_case_times_layer_and_each_part_of_its_forward_pass(capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speed
+    from speed_cases import flipout_case
+
+    tf.random.set_seed(0)
+    row = {"shape": [2, 3, 4, 5], **flipout_case((2, 3, 4, 5), iterations=3, repeats=1)}
+    for mode in ("forward", "forward+backward"):
+        timed = row[mode]
+        assert timed["flipout_us"] > 0 and timed["dense_us"] > 0
+        assert timed["ratio"] == timed["flipout_us"] / timed["dense_us"]
+    assert row["loop_us"] > 0
+    assert list(row["forward_parts_us"]) == ["kernel noise", "sign draws", "scales", "product"]
+    speed.print_report({"machine": "m", "cpu": "c", "load_average_before": 0.0, "load_average_after": 0.0,
+                        "flipout": [row], "targets": speed.check_targets({"flipout": [row]})})
+    out = capsys.readouterr().out
+    assert "2 x 3 x 4->5" in out and "kernel noise" in out and "Flipout dense / deterministic dense" in out
