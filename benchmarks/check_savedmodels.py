@@ -13,7 +13,6 @@ Writes ``benchmarks/results/savedmodels_check.json``.
 """
 
 import argparse
-import io
 import json
 import os
 import pathlib

@@ -22,22 +22,19 @@ import argparse
 import json
 import os
 import pathlib
-import signal
-import subprocess
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from child_process import GIB, how_it_ended, proc_kib_field_bytes, run_child  # noqa: E402
 from speed import ENCODER_SIZES, SETTINGS, _settings, cpu_model, machine_name  # noqa: E402
 
 from tfp_abml.run_config import MAML_METHODS, TASK_LOOPS  # noqa: E402  (no TensorFlow imported)
 
 RESULTS = HERE / "results"
-GIB = 1024.0 ** 3
 
 
 def build_parser():
@@ -76,59 +73,6 @@ def configurations(args):
                             spec["meta_batch"] = meta_batch
                         specs.append(spec)
     return specs
-
-
-def proc_kib_field_bytes(path, field):
-    """``field`` of a ``/proc`` file whose lines read ``Field:   123 kB``, in bytes; None if absent or gone."""
-    try:
-        with open(path) as lines:
-            for line in lines:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def high_water_mark_bytes(pid):
-    """The process's peak resident memory so far (``VmHWM``), or None once it is gone."""
-    return proc_kib_field_bytes(f"/proc/{pid}/status", "VmHWM")
-
-
-def run_child(command, timeout, poll_seconds=0.2):
-    """Run ``command``, polling its memory high-water mark. Returns ``(returncode, peak_bytes,
-    stdout, stderr_tail, timed_out)``; the peak is the last reading, a lower bound for a killed child."""
-    peak = 0
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
-        out_chunks, err_chunks = [], []
-        readers = [threading.Thread(target=lambda s=s, c=c: c.append(s.read()), daemon=True)
-                   for s, c in ((child.stdout, out_chunks), (child.stderr, err_chunks))]
-        for reader in readers:
-            reader.start()
-        deadline, timed_out = time.monotonic() + timeout, False
-        while child.poll() is None:
-            peak = max(peak, high_water_mark_bytes(child.pid) or 0)
-            if time.monotonic() > deadline:
-                child.kill()
-                timed_out = True
-                break
-            time.sleep(poll_seconds)
-        child.wait()
-        for reader in readers:
-            reader.join()
-    return child.returncode, peak, "".join(out_chunks), "".join(err_chunks)[-2000:], timed_out
-
-
-def how_it_ended(returncode, timed_out):
-    if timed_out:
-        return "stopped: timeout"
-    if returncode == 0:
-        return "ok"
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        why = " (the kernel's out-of-memory killer sends this)" if -returncode == signal.SIGKILL else ""
-        return f"killed by {name}{why}"
-    return f"failed: exit status {returncode}"
 
 
 def measure(spec, steps, timeout):

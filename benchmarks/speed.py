@@ -12,6 +12,11 @@ before and after. Training steps run as ``training.fit`` runs them (Keras's trai
 the real episode pipeline). Writes ``benchmarks/results/speed_<machine>.json`` (``--output``
 to change) and prints a table. The PyTorch peer needs ``pip install -e ".[bench]"``; without
 torch and higher it is skipped and said so.
+
+Each training group (one encoder and setting, its contenders interleaved) runs in a child process
+of its own, so that what one group holds in memory is not the next one's, and a group the
+kernel's out-of-memory killer stops (second-order MAML on EfficientNetB0 at 84 px can need over
+20 GiB) is recorded under ``training_failed`` with its peak memory, and the run goes on.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ def build_parser():
     p.add_argument("--serving-calls", type=int, default=200)
     p.add_argument("--skip", nargs="*", default=[], choices=("flipout", "training", "speedups", "torch", "serving"))
     p.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed_<machine>.json")
+    p.add_argument("--child-group", help=argparse.SUPPRESS)  # internal: one training group, as JSON
+    p.add_argument("--child-output", help=argparse.SUPPRESS)  # internal: where the child writes its rows
+    p.add_argument("--child-started", type=float, default=None, help=argparse.SUPPRESS)  # the parent's clock
     return p
 
 
@@ -103,6 +111,34 @@ def _settings(args, encoder, setting):
     name, size = ENCODER_SIZES[encoder]
     ways, shots = SETTINGS[setting]
     return {"encoder": name, "image_size": size, "ways": ways, "shots": shots, "data_dir": args.data_dir}
+
+
+def training_group_in_child(settings, entries, args, started):
+    """Time one training group in a child process. Returns ``(rows, how it ended, peak GiB)``;
+    no rows unless it ended "ok". The child's progress goes to this terminal as it runs."""
+    import child_process
+
+    with tempfile.TemporaryDirectory() as folder:
+        rows_path = pathlib.Path(folder) / "rows.json"
+        command = [sys.executable, str(pathlib.Path(__file__).resolve()),
+                   "--child-group", json.dumps({"settings": settings, "entries": entries}),
+                   "--child-output", str(rows_path), "--child-started", repr(started),
+                   "--repeats", str(args.repeats), "--block-seconds", str(args.block_seconds)]
+        returncode, peak, _, _, timed_out = child_process.run_child(command, capture=False)
+        ended = child_process.how_it_ended(returncode, timed_out)
+        rows = json.loads(rows_path.read_text()) if ended == "ok" else []
+    return rows, ended, peak / child_process.GIB
+
+
+def _time_group_here(args, log):
+    """In the child: time the group of ``--child-group`` and write its rows to ``--child-output``."""
+    import speed_cases as cases
+    from tfp_abml.checkpointing import write_json_atomic
+
+    group = json.loads(args.child_group)
+    entries = [tuple(entry) for entry in group["entries"]]
+    rows = cases.training_group(entries, group["settings"], args.block_seconds, args.repeats, log)
+    write_json_atomic(pathlib.Path(args.child_output), rows)
 
 
 def check_targets(result):
@@ -189,6 +225,12 @@ def print_report(result):
             print(f"{_group_name(row):34s} {row['method']:13s} {row['ms_per_episode']:8.1f} ms "
                   f"{row['episodes_per_second']:7.2f}/s  {ratio}")
         print()
+    for group in result.get("training_failed", []):
+        print(f"Training group {group['encoder']} {group['image_size']}px {group['ways']}w{group['shots']}s "
+              f"({', '.join(f'{m} XLA {j}' for m, j in group['entries'])}) not timed: {group['status']}, "
+              f"peak {group['peak_rss_gib']:.1f} GiB")
+    if result.get("training_failed"):
+        print()
     for row in result.get("xla_on_over_off", []):
         print(f"XLA on / off, {row['method']} {row['encoder']} {row['image_size']}px {row['ways']}w{row['shots']}s: "
               f"{row['ratio']:.2f}x the time per episode")
@@ -231,8 +273,11 @@ def main(argv=None):
     import speed_cases as cases
     from tfp_abml.checkpointing import write_json_atomic
 
+    started = time.time() if args.child_started is None else args.child_started
+    log = lambda message: print(f"[{(time.time() - started) / 60:5.1f} min] {message}", flush=True)
+    if args.child_group:
+        return _time_group_here(args, log)
     start = time.perf_counter()
-    log = lambda message: print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {message}", flush=True)
     result = {"machine": machine_name(), "cpu": cpu_model(), "cores": os.cpu_count(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "load_average_before": os.getloadavg()[0], "mode": "full" if args.full else "quick",
@@ -256,9 +301,15 @@ def main(argv=None):
         for settings, entries in training_grid(args):
             log(f"training {settings['encoder']} {settings['image_size']}px {settings['ways']}w{settings['shots']}s: "
                 f"{', '.join(f'{m} (XLA {j})' for m, j in entries)}")
-            rows = cases.training_group(entries, settings, args.block_seconds, args.repeats, log)
+            rows, ended, peak_gib = training_group_in_child(settings, entries, args, started)
+            if ended != "ok":
+                log(f"  this group {ended}, at {peak_gib:.1f} GiB; going on without it")
+                result.setdefault("training_failed", []).append(
+                    {**{k: v for k, v in settings.items() if k != "data_dir"}, "entries": entries, "status": ended,
+                     "peak_rss_gib": peak_gib})
             for row in rows:
                 row.pop("data_dir")
+                row["group_peak_rss_gib"] = peak_gib
             result["training"] += rows
             save(complete=False)
     if "speedups" not in args.skip:

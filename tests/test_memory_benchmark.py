@@ -1,4 +1,4 @@
-"""benchmarks/memory.py: the child-process peak-memory reading, how a child's end is told, one real run.
+"""benchmarks/memory.py and child_process.py: the child's peak-memory reading, how its end is told, one real run.
 
 No memory figure is asserted beyond what the test itself allocates: peaks depend on the machine.
 """
@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import child_process  # noqa: E402
 import memory  # noqa: E402
 
 MIB = 1024 ** 2
@@ -26,20 +27,28 @@ def test_a_child_killed_for_memory_leaves_its_peak_and_is_called_killed():
     # 300 MiB touched page by page, then the child dies as the out-of-memory killer would kill it.
     code = ("import os, signal, time; block = bytearray(300 * 1024 * 1024); block[::4096] = b'x' * len(block[::4096]); "
             "time.sleep(1.0); os.kill(os.getpid(), signal.SIGKILL)")
-    returncode, peak, _, _, timed_out = memory.run_child(_python(code), timeout=60)
+    returncode, peak, _, _, timed_out = child_process.run_child(_python(code), timeout=60)
     assert returncode == -9 and not timed_out
     assert 300 * MIB <= peak < 1024 * MIB
-    assert memory.how_it_ended(returncode, timed_out).startswith("killed by SIGKILL (the kernel's out-of-memory")
+    assert child_process.how_it_ended(returncode, timed_out).startswith("killed by SIGKILL (the kernel's out-of-memory")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_run_child_returns_output_stops_at_the_timeout_and_names_failures():
-    returncode, peak, stdout, _, timed_out = memory.run_child(_python("print('hello')"), timeout=60)
-    assert (returncode, stdout, timed_out) == (0, "hello\n", False) and memory.how_it_ended(0, False) == "ok"
-    returncode, _, _, _, timed_out = memory.run_child(_python("import time; time.sleep(60)"), timeout=0.5)
-    assert timed_out and memory.how_it_ended(returncode, timed_out) == "stopped: timeout"
-    returncode, _, _, stderr, timed_out = memory.run_child(_python("raise SystemExit('bad input')"), timeout=60)
-    assert memory.how_it_ended(returncode, timed_out) == "failed: exit status 1" and "bad input" in stderr
+    returncode, peak, stdout, _, timed_out = child_process.run_child(_python("print('hello')"), timeout=60)
+    assert (returncode, stdout, timed_out) == (0, "hello\n", False) and child_process.how_it_ended(0, False) == "ok"
+    returncode, _, _, _, timed_out = child_process.run_child(_python("import time; time.sleep(60)"), timeout=0.5)
+    assert timed_out and child_process.how_it_ended(returncode, timed_out) == "stopped: timeout"
+    returncode, _, _, stderr, timed_out = child_process.run_child(_python("raise SystemExit('bad input')"), timeout=60)
+    assert child_process.how_it_ended(returncode, timed_out) == "failed: exit status 1" and "bad input" in stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_run_child_uncaptured_waits_without_a_timeout_and_returns_no_output(capfd):
+    returncode, peak, stdout, stderr, timed_out = child_process.run_child(
+        _python("import time; time.sleep(0.5); print('progress')"), capture=False)
+    assert (returncode, stdout, stderr, timed_out) == (0, "", "", False) and peak > 0
+    assert "progress" in capfd.readouterr().out  # the child wrote to this process's terminal
 
 
 def test_configurations_vary_the_task_loop_for_maml_methods_only(data_dir):

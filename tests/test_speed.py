@@ -240,3 +240,29 @@ def test_flipout_case_times_layer_and_each_part_of_its_forward_pass(capsys):
                         "flipout": [row], "targets": speed.check_targets({"flipout": [row]})})
     out = capsys.readouterr().out
     assert "2 x 3 x 4->5" in out and "kernel noise" in out and "Flipout dense / deterministic dense" in out
+
+
+def test_a_training_group_killed_for_memory_is_recorded_and_the_run_goes_on(tmp_path, data_dir, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import child_process
+    import speed
+
+    commands = []
+
+    def killed(command, timeout=None, poll_seconds=0.2, capture=True):
+        commands.append(command)
+        return -9, 3 * child_process.GIB, "", "", False
+
+    monkeypatch.setattr(child_process, "run_child", killed)
+    output = tmp_path / "speed.json"
+    speed.main(["--data-dir", str(data_dir), "--skip", "flipout", "speedups", "torch", "serving",
+                "--methods", "protonet", "maml", "--output", str(output)])
+    saved = json.loads(output.read_text())
+    assert saved["complete"] is True and saved["training"] == [] and len(commands) == 2  # 5w1s, then 5w5s
+    for failed, shots in zip(saved["training_failed"], (1, 5)):
+        assert (failed["encoder"], failed["shots"], failed["peak_rss_gib"]) == ("conv4", shots, 3.0)
+        assert failed["entries"] == [["protonet", "off"], ["maml", "off"]]
+        assert failed["status"].startswith("killed by SIGKILL") and "data_dir" not in failed
+    group = json.loads(commands[0][commands[0].index("--child-group") + 1])
+    assert group["settings"]["data_dir"] == str(data_dir) and group["entries"] == [["protonet", "off"], ["maml", "off"]]
+    assert "conv4 28px 5w1s (protonet XLA off, maml XLA off) not timed: killed by SIGKILL" in capsys.readouterr().out
