@@ -63,6 +63,7 @@ def run_child(command, timeout=None, poll_seconds=0.2, capture=True):
 
 
 def how_it_ended(returncode, timed_out):
+    """How a child ended, in words: "ok", "stopped: timeout", "killed by SIGKILL (...)", "failed: exit status N"."""
     if timed_out:
         return "stopped: timeout"
     if returncode == 0:

@@ -16,7 +16,8 @@ torch and higher it is skipped and said so.
 Each training group (one encoder and setting, its contenders interleaved) runs in a child process
 of its own, so that what one group holds in memory is not the next one's, and a group the
 kernel's out-of-memory killer stops (second-order MAML on EfficientNetB0 at 84 px can need over
-20 GiB) is recorded under ``training_failed`` with its peak memory, and the run goes on.
+20 GiB) is recorded under ``training_failed`` with its peak memory, and the run goes on. A group
+that fails with an error (bad input, a bug) stops the run.
 """
 
 from __future__ import annotations
@@ -302,6 +303,9 @@ def main(argv=None):
             log(f"training {settings['encoder']} {settings['image_size']}px {settings['ways']}w{settings['shots']}s: "
                 f"{', '.join(f'{m} (XLA {j})' for m, j in entries)}")
             rows, ended, peak_gib = training_group_in_child(settings, entries, args, started)
+            if ended.startswith("failed"):  # an error, not the machine's limits: the child printed it
+                save(complete=False)
+                raise SystemExit(f"speed.py: a training group {ended}; its error is printed above")
             if ended != "ok":
                 log(f"  this group {ended}, at {peak_gib:.1f} GiB; going on without it")
                 result.setdefault("training_failed", []).append(

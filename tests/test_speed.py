@@ -266,3 +266,15 @@ def test_a_training_group_killed_for_memory_is_recorded_and_the_run_goes_on(tmp_
     group = json.loads(commands[0][commands[0].index("--child-group") + 1])
     assert group["settings"]["data_dir"] == str(data_dir) and group["entries"] == [["protonet", "off"], ["maml", "off"]]
     assert "conv4 28px 5w1s (protonet XLA off, maml XLA off) not timed: killed by SIGKILL" in capsys.readouterr().out
+
+
+def test_a_training_group_that_fails_with_an_error_stops_the_run(tmp_path, data_dir):
+    output = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data-dir", str(tmp_path / "nothing"),
+                             "--skip", "flipout", "speedups", "torch", "serving", "--settings", "5w1s",
+                             "--methods", "protonet", "--output", str(output)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode != 0 and "a training group failed: exit status 1" in result.stderr
+    assert str(tmp_path / "nothing") in result.stderr  # the child's own error names the missing folder
+    saved = json.loads(output.read_text())
+    assert saved["complete"] is False and saved["training"] == []
