@@ -24,12 +24,33 @@ import sys
 import tempfile
 
 
+def _new_file_mode():
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask.
+
+    Read from ``/proc`` where there is one; ``os.umask`` can only be read by setting it, which
+    would briefly apply to every thread's new files."""
+    try:
+        with open("/proc/self/status") as lines:
+            for line in lines:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path, data):
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
+
+    The file gets the permissions a plain ``open()`` would give it (``mkstemp``'s own are
+    owner-only, which would hide run files and results from the rest of a team)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -77,6 +78,20 @@ def test_a_json_write_that_fails_midway_leaves_the_old_file_and_no_litter(tmp_pa
         write_json_atomic(path, {"epoch": [1, 2, 3], "loss": [0.5, object()]})
     assert json.loads(path.read_text()) == {"epoch": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077], ids=lambda umask: f"umask {umask:03o}")
+def test_a_json_write_gets_the_permissions_open_would_give(tmp_path, umask):
+    from tfp_abml.checkpointing import write_json_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "config.json", {"ways": 5})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)
+    assert mode("config.json") == mode("plain.json") == 0o666 & ~umask
 
 
 def _start(data_dir, output):
