@@ -50,7 +50,8 @@ def write_json_atomic(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _new_file_mode())
+        if hasattr(os, "fchmod"):  # POSIX (Windows has no such modes to fix before Python 3.13)
+            os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
