@@ -44,8 +44,28 @@ def _efficientnet_b0_backbone(inputs, weights):
     if inputs.shape[-1] == 1:
         x = keras.layers.Concatenate()([x, x, x])
     x = keras.layers.Rescaling(255.0)(x)
-    backbone = keras.applications.EfficientNetB0(include_top=False, weights=weights, input_shape=x.shape[1:],
+    if weights in (None, "imagenet"):
+        backbone = keras.applications.EfficientNetB0(include_top=False, weights=weights, input_shape=x.shape[1:],
+                                                     pooling="avg")
+        return backbone(x)
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=x.shape[1:],
                                                  pooling="avg")
+    import warnings
+
+    try:
+        # Keras only warns when whole parts of the file do not match ("Skipping ..."): weights left
+        # at their random initialisation are a wrong file too.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backbone.load_weights(weights)
+        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+        if skipped:
+            raise ValueError(f"{len(skipped)} parts of the network found nothing to load, e.g. {skipped[0]}")
+    except (ValueError, OSError, KeyError) as err:  # another network's file, or not HDF5 at all
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(":")
+        raise UserInputError(f"--encoder-weights {weights} does not fit EfficientNetB0 without its top "
+                             f"(include_top=False): {first[:300]}; use the notop weights file, e.g. "
+                             "efficientnetb0_notop.h5, or 'imagenet'") from err
     return backbone(x)
 
 

@@ -32,6 +32,20 @@ DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd"
 RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop")
 
 
+def check_weights_file(path, flag="--encoder-weights"):
+    """A weights file a user names must exist, be readable and be Keras's HDF5 (.h5, .weights.h5)."""
+    import os
+
+    if not str(path).endswith(".h5"):
+        raise UserInputError(f"{flag} {path}: give 'imagenet' or a Keras weights file ending in .h5 "
+                             "(e.g. efficientnetb0_notop.h5)")
+    if not os.path.isfile(path):
+        raise UserInputError(f"{flag} {path} does not exist (or is not a file): give 'imagenet' or the path "
+                             "of a local .h5 weights file")
+    if not os.access(path, os.R_OK):
+        raise UserInputError(f"{flag} {path} cannot be read: check its permissions")
+
+
 @dataclasses.dataclass
 class RunConfig:
     method: str = "abml"
@@ -128,6 +142,8 @@ class RunConfig:
                                  f"(default {DEFAULT_IMAGE_SIZE[self.encoder]})")
         if self.encoder_weights is not None and self.encoder != "efficientnet_b0":
             raise UserInputError("--encoder-weights applies only to --encoder efficientnet_b0")
+        if self.encoder_weights not in (None, "imagenet"):
+            check_weights_file(self.encoder_weights)
         return self
 
     @property

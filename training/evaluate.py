@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 from tfp_abml.errors import UserInputError
+from tfp_abml.output_location import check_writable
 from training._cli import Parser, run_command
 
 
@@ -43,6 +44,8 @@ def run(args):
         if value is not None and value < 1:
             raise UserInputError(f"--{flag} must be >= 1, got {value}")
     run_dir = pathlib.Path(args.run)
+    if (run_dir / "config.json").is_file():  # load_run names a folder that is not a run
+        check_writable(run_dir, "--run")  # eval_<split>.json and the plot go there
     config, model = load_run(run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
                              data_dir=args.data_dir)
     result = evaluate_run(config, model, args.split, args.tasks, args.seed, args.samples, ood=not args.no_ood,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from tfp_abml.errors import UserInputError
+from tfp_abml.output_location import check_writable
 from training._cli import Parser, run_command
 
 
@@ -34,6 +35,7 @@ def run(argv):
     if args.samples is not None and args.samples < 1:
         raise UserInputError(f"--samples must be >= 1, got {args.samples}")
     check_output(args.output)  # before loading the model, not after
+    check_writable(args.output)
     config, model = load_run(args.run, data_dir=args.data_dir)
     if args.samples is not None and hasattr(model, "eval_samples"):
         model.eval_samples = args.samples

@@ -21,6 +21,7 @@ import time
 
 from tfp_abml.distribute import STRATEGIES, check_strategy
 from tfp_abml.errors import UserInputError
+from tfp_abml.output_location import check_writable
 from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, TASK_ENCODINGS, TASK_LOOPS, RunConfig
 from training._cli import Parser, run_command
 
@@ -220,6 +221,20 @@ def check_data(config):
             raise UserInputError(f"--ways {config.ways} is larger than the {count} classes of the {split} split")
 
 
+def check_encoder_weights(config):
+    """Fail before the data is loaded if ``--encoder-weights`` is a file that does not fit the encoder.
+
+    ``RunConfig.validate`` has checked the name ('imagenet' or a readable .h5 file); whether the
+    file's shapes fit needs the encoder itself, built here alone (seconds), not the whole model.
+    """
+    if config.encoder_weights in (None, "imagenet"):
+        return
+    from tfp_abml.encoders import build_encoder
+
+    build_encoder(config.encoder, config.resolved_image_size, channels=config.channels,
+                  embedding_dim=config.embedding_dim, weights=config.encoder_weights)
+
+
 def _time_budget(minutes, strategy):
     import keras
 
@@ -340,13 +355,24 @@ def _fit(argv):
     if os.environ.get("TF_CONFIG") and cluster is None:
         print(f"note: TF_CONFIG is set but --strategy is {strategy}: this process trains alone "
               "(--strategy multi-worker trains with the cluster)", file=sys.stderr)
+    writes = cluster is None or cluster.is_chief  # the other workers of a cluster write nothing to --output
+    if writes:
+        check_writable(output)
     check_data(config)
-    if cluster is None or cluster.is_chief:  # the other workers of a cluster write nothing to --output
+    check_encoder_weights(config)
+    created = writes and not output.exists()
+    if writes:
         prepare_output(config, output, overwrite)
     try:
         train(config, output, verbose, max_minutes, strategy)
     except KeyboardInterrupt:
         print("\nthe last completed epoch is checkpointed; run the same command to resume", file=sys.stderr)
+        raise
+    except (UserInputError, OSError):
+        # A run this command started that failed before its first checkpoint holds nothing to
+        # resume: remove it rather than leave a half-made run behind.
+        if created and not any((output / "checkpoints").glob("ckpt-*.index")):
+            shutil.rmtree(output, ignore_errors=True)
         raise
 
 

@@ -23,6 +23,7 @@ import sys
 
 from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import JIT_MODES, RunConfig
+from tfp_abml.output_location import check_writable
 from training._cli import Parser, run_command
 
 TUNERS = ("random", "bayesian")  # tfp_abml.tuning.TUNERS, without importing TensorFlow
@@ -149,6 +150,8 @@ def run(argv):
     from tfp_abml import tuning
 
     space = tuning.SearchSpace(**space_values).validate()
+    check_writable(args.output)
+    check_writable(args.best_config, "--best-config", folder=False)
     if not tuning.is_chief():  # the chief runs no trials and needs no data
         check_data(base)
     prepare_output(_settings(base, space_values, args), args.output, args.overwrite)
