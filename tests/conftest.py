@@ -1,5 +1,6 @@
 """Shared fixtures: real Omniglot from ../shared/data (or $TFP_ABML_DATA_DIR), seeded TensorFlow."""
 
+import contextlib
 import os
 import pathlib
 
@@ -38,3 +39,23 @@ def _seeded():
     import keras
 
     keras.utils.set_random_seed(1234)
+
+
+@contextlib.contextmanager
+def float64_models():
+    """Keras builds float64 models inside; float32 again after (the float type and the cached global policy).
+
+    Tests that compare two computations of one function run in float64 where the model allows
+    it: Omniglot-like inputs (near-constant images, batch norm over a handful of them) amplify
+    float32 round-off by ~1e5, so a float32 tolerance that holds on one CPU's kernels fails on
+    another's (issue 17). In float64 the same amplification leaves ~1e-11, far below any bug.
+    """
+    import keras
+
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")

@@ -18,7 +18,6 @@ two replicas draw their own noise anyway (see tfp_abml.distribute): it is compar
 replicas, and agrees to 1e-6.
 """
 
-import contextlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, float64_models
 from training import fit
 
 TINY = ["--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch", "2", "--steps-per-epoch", "3",
@@ -92,20 +91,6 @@ def _two_workers(args, outputs, scratch, variant=()):
     return _finish(*_start_two_workers(args, outputs, scratch, variant))
 
 
-@contextlib.contextmanager
-def _float64():
-    """Keras builds float64 models inside; float32 again after (the float type and the cached global policy)."""
-    import keras
-
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        yield
-    finally:
-        keras.config.set_floatx("float32")
-        keras.config.set_dtype_policy("float32")
-
-
 def _weights(output):
     """Every array of ``model.weights.h5`` (model and optimizer variables) by its path in the file."""
     arrays = {}
@@ -153,7 +138,7 @@ def test_two_workers_train_and_validate_like_one_process(tmp_path, data_dir, scr
     args = ["--method", "protonet", *TINY, "--epochs", "2", "--val-tasks", "2", "--data-dir", str(data_dir)]
     single, chief, other = tmp_path / "single", tmp_path / "chief", tmp_path / "worker1"
     workers = _start_two_workers(args, [chief, other], scratch, ["--float64"])
-    with _float64():  # the one-process reference runs here meanwhile
+    with float64_models():  # the one-process reference runs here meanwhile
         assert fit.main([*args, "--output", str(single)]) == 0
     _finish(*workers)
 
@@ -221,7 +206,7 @@ def test_maml_tasks_one_at_a_time_on_two_mirrored_replicas_train_like_unrolled_i
     single, mirrored = tmp_path / "single", tmp_path / "mirrored"
     replicas = _start([*args, "--task-loop", "sequential", "--strategy", "mirrored", "--output", str(mirrored)],
                       ["--float64", "--logical-cpus", "2"])
-    with _float64():
+    with float64_models():
         assert fit.main([*args, "--task-loop", "unrolled", "--output", str(single)]) == 0
     _finish(replicas)
     np.testing.assert_allclose(_history(mirrored)["loss"], _history(single)["loss"], rtol=1e-9)
