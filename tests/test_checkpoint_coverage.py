@@ -1,8 +1,10 @@
 """A checkpoint holds every variable of every model: a fresh model restored from it equals the saved one.
 
-Found the hard way: tf.train.Checkpoint does not see layers kept in a Python list attribute
-of a Keras 3 layer, so the posterior's output heads were missing from every training
-checkpoint and a reloaded (or resumed) amortized BNN silently had its initial heads.
+Found the hard way, twice: tf.train.Checkpoint does not see layers or variables kept in a Python
+list attribute of a Keras 3 layer, so the posterior's output heads, and later abml's learned
+inner step sizes and Meta-SGD's learned rates, were missing from every training checkpoint and a
+reloaded (or resumed) model silently had their initial values. The second went unseen because the
+rates start at a constant, equal in both models whatever the seed: every variable is now moved.
 """
 
 import keras
@@ -34,6 +36,12 @@ def test_checkpoint_restores_every_variable(case, tmp_path):
         model(config.example_inputs())
         models.append(model)
     saved, fresh = models
+    # Seeds alone leave constant-initialised variables (learned inner rates, scales) equal in both
+    # models, so a variable the checkpoint misses would go unseen: move every one of them.
+    rng = np.random.default_rng(0)
+    for variable in saved.weights:
+        if "seed_generator" not in variable.path:
+            variable.assign(variable.numpy() + rng.uniform(0.1, 0.2, size=variable.shape).astype(variable.dtype))
     path = tf.train.Checkpoint(model=saved).write(str(tmp_path / "ckpt"))
     tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
     assert len(saved.weights) == len(fresh.weights) > 0

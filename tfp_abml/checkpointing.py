@@ -178,8 +178,52 @@ def _first_line(err):
     return re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
 
 
+BEST_WEIGHTS = "best.weights.h5"  # the weights of the epoch with the best validation accuracy
+BEST_RECORD = "best.json"  # which epoch that was, and its validation accuracy
+FINAL_WEIGHTS = "model.weights.h5"  # written by training.fit when training ends
+SELECTION_METRIC = "val_accuracy"
+
+
+def save_weights_atomic(model, path):
+    """``model.save_weights(path)`` through a temporary file renamed into place."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(".tmp-" + path.name)
+    model.save_weights(str(tmp))
+    tmp.replace(path)
+
+
+def best_epoch(history):
+    """(epoch, value) of the best validation accuracy in ``history`` (the first of equals), or None."""
+    values = history.get(SELECTION_METRIC) or []
+    if not values:
+        return None
+    index = max(range(len(values)), key=lambda i: (values[i], -i))
+    return int(history["epoch"][index]), float(values[index])
+
+
+def keep_best(model, run_dir, history):
+    """Save ``model``'s weights as the run's best if ``history``'s last epoch is its best so far.
+
+    Also mends a run stopped between saving a checkpoint and saving the best weights: if the
+    last (checkpointed, restored) epoch is the best but ``best.json`` names another, the weights
+    at hand are that epoch's and are saved. Returns the best (epoch, value) or None.
+    """
+    run_dir = pathlib.Path(run_dir)
+    best = best_epoch(history)
+    if best is None or best[0] != history["epoch"][-1]:
+        return best
+    if read_json(run_dir / BEST_RECORD, {}).get("epoch") != best[0] or not (run_dir / BEST_WEIGHTS).is_file():
+        save_weights_atomic(model, run_dir / BEST_WEIGHTS)
+        write_json_atomic(run_dir / BEST_RECORD, {"epoch": best[0], SELECTION_METRIC: best[1]})
+    return best
+
+
 def checkpoint_callback(state: TrainingState, history_path, previous_history=None):
     """A Keras callback that appends to ``history.json`` and saves ``state`` after each epoch.
+
+    With validation it then keeps the weights of the best validation epoch in
+    ``best.weights.h5`` beside ``history.json`` (:func:`keep_best`). The history also records the
+    outer learning rate at the end of each epoch, so a resumed schedule can be checked.
 
     ``history.json`` is written before the checkpoint: a run killed between the two leaves
     a history entry for an epoch that was not checkpointed, which the resume drops, rather
@@ -233,17 +277,27 @@ def checkpoint_callback(state: TrainingState, history_path, previous_history=Non
             history.setdefault("epoch", []).append(epoch + 1)
             for key, value in (logs or {}).items():
                 history.setdefault(key, []).append(float(value))
+            rates = history.setdefault("learning_rate", [])
+            if "learning_rate" not in (logs or {}) and len(rates) == len(history["epoch"]) - 1:  # runs from
+                rates.append(float(self.model.optimizer.learning_rate))  # before it was recorded have none
             write_json_atomic(history_path, history)
             state.save(epoch + 1)
+            keep_best(self.model, pathlib.Path(history_path).parent, history)
 
     return _Checkpoint()
 
 
-def load_run(run_dir, **overrides):
-    """Config and model of a training run, weights from its latest checkpoint.
+WEIGHT_CHOICES = ("best", "last")
 
+
+def load_run(run_dir, weights="best", **overrides):
+    """Config and model of a training run.
+
+    ``weights``: ``"best"`` loads ``best.weights.h5`` (the best validation epoch) where the run
+    has one, else the latest checkpoint; ``"last"`` always the latest checkpoint.
     ``overrides`` replace config settings (e.g. ``shots`` or ``data_dir``) before the model is
-    built; settings that change the model's shape must match the trained one.
+    built; settings that change the model's shape must match the trained one. ``ways`` may
+    change for models whose weights serve any N (``RunConfig.ways_agnostic``).
     """
     import dataclasses
 
@@ -252,19 +306,32 @@ def load_run(run_dir, **overrides):
     from tfp_abml.errors import UserInputError
     from tfp_abml.run_config import RunConfig
 
+    if weights not in WEIGHT_CHOICES:
+        raise UserInputError(f"unknown --weights {weights!r}: use one of {', '.join(WEIGHT_CHOICES)}")
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise UserInputError(f"{run_dir} is not a training run (no config.json): pass the --output of training.fit")
     config = RunConfig.load(run_dir / "config.json")
-    trained_ways = config.ways
+    trained_ways = config.resolved_train_ways
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
-    if config.ways != trained_ways and config.method in ("abml", "maml", "metasgd"):
-        raise UserInputError(f"{run_dir} was trained {trained_ways}-way and {config.method}'s output layer is "
-                             f"{trained_ways}-way: evaluate with --ways {trained_ways}")
+    if config.ways != trained_ways and not config.ways_agnostic:
+        raise UserInputError(f"{run_dir} was trained {trained_ways}-way and {config.ways_agnostic_reason()}: "
+                             f"evaluate with --ways {trained_ways}")
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     if latest is None:
         raise UserInputError(f"{run_dir} has no checkpoint yet: train at least one epoch first")
     model = config.build_model()
     model(config.example_inputs())  # create the variables the checkpoint restores into
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    best, final = run_dir / BEST_WEIGHTS, run_dir / FINAL_WEIGHTS
+    if weights == "best" and best.is_file():
+        model.load_weights(str(best))
+        model.loaded_weights = f"{BEST_WEIGHTS} (epoch {read_json(run_dir / BEST_RECORD, {}).get('epoch')})"
+    elif final.is_file() and final.stat().st_mtime >= pathlib.Path(latest + ".index").stat().st_mtime:
+        # A finished run's final weights, Keras-native: they hold every variable even for runs whose
+        # checkpoints predate the fix that put the learned inner rates into them.
+        model.load_weights(str(final))
+        model.loaded_weights = f"{FINAL_WEIGHTS} (the end of training)"
+    else:
+        tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+        model.loaded_weights = f"checkpoint {pathlib.Path(latest).name}"
     return config, model

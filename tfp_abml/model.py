@@ -123,11 +123,20 @@ class AmortizedBNN(EpisodicModel):
                                                name="embedding_scale")
         if posterior == "aligned":
             self.prototype_scale = self.add_weight(shape=(), initializer="ones", name="prototype_scale")
-        self.inner_log_lrs = None
-        if learn_inner_lr:
-            self.inner_log_lrs = [self.add_weight(shape=(), name=f"inner_log_lr_{i}",
-                                                  initializer=keras.initializers.Constant(math.log(self.inner_lr)))
-                                  for i in range(4 * self.head.num_layers)]
+        # One attribute per rate, not a list: tf.train.Checkpoint does not see variables kept in a
+        # Python list of a Keras 3 model, so listed rates were left out of every training checkpoint
+        # (a resumed or evaluated run had its initial rates; tests/test_checkpoint_coverage.py).
+        self.inner_lr_count = 4 * self.head.num_layers if learn_inner_lr else 0
+        for i in range(self.inner_lr_count):
+            setattr(self, f"inner_log_lr_{i}", self.add_weight(
+                shape=(), name=f"inner_log_lr_{i}", initializer=keras.initializers.Constant(math.log(self.inner_lr))))
+
+    @property
+    def inner_log_lrs(self):
+        """Learned log inner step sizes, one per posterior tensor; None without ``learn_inner_lr``."""
+        if not self.inner_lr_count:
+            return None
+        return [getattr(self, f"inner_log_lr_{i}") for i in range(self.inner_lr_count)]
 
     # -- the method, step by step -------------------------------------------------------------
 

@@ -27,6 +27,9 @@ LEGACY_VALUES = {"posterior": "paper", "task_encoding": "concat", "learn_inner_l
 # output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
 
+LR_SCHEDULES = ("constant", "step", "cosine")
+STEP_DECAY_FACTOR = 0.5  # --lr-schedule step: halved every --lr-decay-episodes (Snell et al., 2017)
+
 # Settings that may change when a run is resumed: how long to train, where the data lives, and
 # MAML's task loop (it changes how the graph is built, not what it computes; tests/baselines).
 RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop")
@@ -54,6 +57,11 @@ class RunConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 15
+    # Training task shape when it differs from the evaluation one above (None: the same), e.g.
+    # ProtoNet's 60-way training episodes for 5-way tests. Validation uses the training shape.
+    train_ways: int | None = None
+    train_shots: int | None = None
+    train_queries: int | None = None
     encoder: str = "conv4"
     image_size: int | None = None  # None: miniimagenet 84, else the encoder's default (conv4 28, efficientnet_b0 32)
     embedding_dim: int = 64
@@ -72,6 +80,8 @@ class RunConfig:
     eval_samples: int = 10
     meta_batch: int = 4
     learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE[method]
+    lr_schedule: str = "constant"  # LR_SCHEDULES, over optimizer steps (checkpointed, so a resume continues it)
+    lr_decay_episodes: int = 2000  # step: halve every this many training episodes; cosine: decay to 0 over them
     epochs: int = 20
     steps_per_epoch: int = 100
     val_tasks: int = 100
@@ -116,8 +126,18 @@ class RunConfig:
                                  "leave it out")
         if self.jit not in JIT_MODES:
             raise UserInputError(f"unknown --jit {self.jit!r}: use one of {', '.join(JIT_MODES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserInputError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+        for name, least in (("train_ways", 2), ("train_shots", 1), ("train_queries", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                raise UserInputError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+        if self.train_ways is not None and self.train_ways != self.ways and not self.ways_agnostic:
+            raise UserInputError(f"--train-ways {self.train_ways} differs from --ways {self.ways}, but "
+                                 f"{self.ways_agnostic_reason()}: train and evaluate {self.method} at one --ways")
         positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
-                    "eval_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1, "val_tasks": 0}
+                    "eval_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1, "val_tasks": 0,
+                    "lr_decay_episodes": 1}
         for name, least in positive.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -130,11 +150,14 @@ class RunConfig:
         if any(int(u) < 1 for u in self.hidden_units):
             raise UserInputError(f"--hidden-units must be positive integers, got {list(self.hidden_units)}")
         examples = EXAMPLES_PER_CLASS[self.dataset]
-        if self.shots + self.queries > examples:
-            per_class = ("drawers per Omniglot character" if self.dataset == "omniglot"
-                         else f"images per {self.dataset} class")
-            raise UserInputError(f"--shots {self.shots} + --queries {self.queries} = {self.shots + self.queries} "
-                                 f"is more than the {examples} {per_class}: lower --shots or --queries")
+        per_class = ("drawers per Omniglot character" if self.dataset == "omniglot"
+                     else f"images per {self.dataset} class")
+        for prefix, shots, queries in (("", self.shots, self.queries),
+                                       ("train-", self.resolved_train_shots, self.resolved_train_queries)):
+            if shots + queries > examples:
+                raise UserInputError(f"--{prefix}shots {shots} + --{prefix}queries {queries} = {shots + queries} "
+                                     f"is more than the {examples} {per_class}: lower --{prefix}shots or "
+                                     f"--{prefix}queries")
         size = self.resolved_image_size
         if size < MIN_IMAGE_SIZE[self.encoder]:
             raise UserInputError(f"--image-size {size} is too small for {self.encoder}: "
@@ -145,6 +168,54 @@ class RunConfig:
         if self.encoder_weights not in (None, "imagenet"):
             check_weights_file(self.encoder_weights)
         return self
+
+    @property
+    def ways_agnostic(self):
+        """Whether the trained weights serve any number of classes: protonet and matching compare
+        with the support set, and abml with the aligned posterior and pooled task encoding emits its
+        output layer class-symmetrically from a task encoding of fixed size. maml/metasgd have an
+        N-way output layer, and the paper's posterior an LSTM of width N * D."""
+        return self.method in ("protonet", "matching") or (
+            self.method == "abml" and self.posterior == "aligned" and self.task_encoding == "pool")
+
+    def ways_agnostic_reason(self):
+        if self.method in MAML_METHODS:
+            return f"{self.method} has an N-way output layer"
+        return ("abml's posterior depends on N unless --posterior aligned with --task-encoding pool "
+                f"(this run: --posterior {self.posterior}, --task-encoding {self.task_encoding})")
+
+    @property
+    def resolved_train_ways(self):
+        return self.ways if self.train_ways is None else self.train_ways
+
+    @property
+    def resolved_train_shots(self):
+        return self.shots if self.train_shots is None else self.train_shots
+
+    @property
+    def resolved_train_queries(self):
+        return self.queries if self.train_queries is None else self.train_queries
+
+    def for_training(self):
+        """This config with the training task shape as its ways, shots and queries: what
+        ``training.fit`` builds, samples and validates with."""
+        return dataclasses.replace(self, ways=self.resolved_train_ways, shots=self.resolved_train_shots,
+                                   queries=self.resolved_train_queries, train_ways=None, train_shots=None,
+                                   train_queries=None)
+
+    def learning_rate_schedule(self):
+        """The outer learning rate: a float, or a ``keras.optimizers.schedules`` schedule of the
+        optimizer's step (``--lr-decay-episodes`` counted in episodes, ``meta_batch`` per step)."""
+        import keras
+
+        rate = self.resolved_learning_rate
+        if self.lr_schedule == "constant":
+            return rate
+        steps = max(self.lr_decay_episodes / self.meta_batch, 1.0)
+        if self.lr_schedule == "step":
+            return keras.optimizers.schedules.ExponentialDecay(rate, decay_steps=steps,
+                                                               decay_rate=STEP_DECAY_FACTOR, staircase=True)
+        return keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps, alpha=0.0)
 
     @property
     def resolved_learning_rate(self):
@@ -253,7 +324,7 @@ class RunConfig:
         import keras
 
         model = self.build_model()
-        model.compile(optimizer=keras.optimizers.Adam(self.resolved_learning_rate),
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate_schedule()),
                       jit_compile=self.keras_jit_compile(measure_jit))
         return model
 

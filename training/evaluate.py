@@ -24,7 +24,12 @@ def build_parser():
     p.add_argument("--tasks", type=int, default=600, help="test tasks (and as many OOD tasks)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="classes to draw tasks from")
     p.add_argument("--samples", type=int, default=None, help="posterior samples (Bayesian model); default the run's")
-    p.add_argument("--ways", type=int, default=None, help="override the run's ways (protonet, matching only)")
+    p.add_argument("--ways", type=int, default=None,
+                   help="override the run's ways (models that serve any N: protonet, matching, abml with "
+                        "--posterior aligned --task-encoding pool)")
+    p.add_argument("--weights", default="best", choices=("best", "last"),
+                   help="best: the best validation epoch's weights (best.weights.h5) where the run has them; "
+                        "last: the latest checkpoint")
     p.add_argument("--shots", type=int, default=None, help="override the run's shots")
     p.add_argument("--queries", type=int, default=None, help="override the run's queries per class")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
@@ -46,13 +51,16 @@ def run(args):
     run_dir = pathlib.Path(args.run)
     if (run_dir / "config.json").is_file():  # load_run names a folder that is not a run
         check_writable(run_dir, "--run")  # eval_<split>.json and the plot go there
-    config, model = load_run(run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
+    config, model = load_run(run_dir, weights=args.weights, ways=args.ways, shots=args.shots, queries=args.queries,
                              data_dir=args.data_dir)
+    if args.verbose:
+        print(f"evaluating {run_dir} with the weights of {model.loaded_weights}", flush=True)
     result = evaluate_run(config, model, args.split, args.tasks, args.seed, args.samples, ood=not args.no_ood,
                           progress=bool(args.verbose))
     curves = {name: (p, result["labels"]) for name, p in result.pop("probabilities").items()}
     result.pop("labels")
     result.update(method=config.method, split=args.split, seed=args.seed, ece_bins=ECE_BINS,
+                  ways=config.ways, shots=config.shots, queries=config.queries, weights=model.loaded_weights,
                   samples=args.samples or getattr(model, "eval_samples", None),
                   confidence_interval="95%: 1.96 x std over tasks / sqrt(tasks)")
     write_json_atomic(run_dir / f"eval_{args.split}.json", result)

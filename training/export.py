@@ -24,6 +24,10 @@ def build_parser():
     p.add_argument("--samples", type=int, default=None,
                    help="posterior samples baked into the signature (Bayesian model); default the run's")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    p.add_argument("--ways", type=int, default=None,
+                   help="classes per request, if not the run's (models that serve any N, see training.evaluate)")
+    p.add_argument("--weights", default="best", choices=("best", "last"),
+                   help="best: the best validation epoch's weights where the run has them; last: the latest checkpoint")
     return p
 
 
@@ -36,12 +40,14 @@ def run(argv):
         raise UserInputError(f"--samples must be >= 1, got {args.samples}")
     check_output(args.output)  # before loading the model, not after
     check_writable(args.output)
-    config, model = load_run(args.run, data_dir=args.data_dir)
+    if args.ways is not None and args.ways < 2:
+        raise UserInputError(f"--ways must be >= 2, got {args.ways}")
+    config, model = load_run(args.run, weights=args.weights, ways=args.ways, data_dir=args.data_dir)
     if args.samples is not None and hasattr(model, "eval_samples"):
         model.eval_samples = args.samples
     path = export_saved_model(model, config.resolved_image_size, args.output)
     print(f"wrote {path}: serving_default(support_images, support_labels, query_images) -> probabilities "
-          f"[{config.ways}-way, {config.method}]")
+          f"[{config.ways}-way, {config.method}, weights of {model.loaded_weights}]")
 
 
 def main(argv=None):

@@ -22,7 +22,8 @@ import time
 from tfp_abml.distribute import STRATEGIES, check_strategy
 from tfp_abml.errors import UserInputError
 from tfp_abml.output_location import check_writable
-from tfp_abml.run_config import JIT_MODES, METHODS, POSTERIORS, TASK_ENCODINGS, TASK_LOOPS, RunConfig
+from tfp_abml.run_config import (JIT_MODES, LR_SCHEDULES, METHODS, POSTERIORS, TASK_ENCODINGS, TASK_LOOPS,
+                                 RunConfig)
 from training._cli import Parser, run_command
 
 _DEFAULTS = RunConfig()
@@ -44,6 +45,14 @@ def build_parser():
     data.add_argument("--ways", type=int, default=_DEFAULTS.ways, help="classes per task (N)")
     data.add_argument("--shots", type=int, default=_DEFAULTS.shots, help="support examples per class (K)")
     data.add_argument("--queries", type=int, default=_DEFAULTS.queries, help="query examples per class")
+    data.add_argument("--train-ways", type=int, default=None,
+                      help="classes per training (and validation) task, e.g. 60 as ProtoNet trains; default --ways. "
+                           "Only for models that serve any N: protonet, matching, abml --posterior aligned "
+                           "--task-encoding pool")
+    data.add_argument("--train-shots", type=int, default=None, help="support examples per class in training; "
+                                                                    "default --shots")
+    data.add_argument("--train-queries", type=int, default=None, help="query examples per class in training; "
+                                                                      "default --queries")
     data.add_argument("--image-size", type=int, default=None,
                       help="image side; default 84 on miniimagenet, else 28 (conv4), 32 (efficientnet_b0)")
     model = p.add_argument_group("model")
@@ -82,6 +91,11 @@ def build_parser():
     train.add_argument("--meta-batch", type=int, default=_DEFAULTS.meta_batch, help="tasks per outer update")
     train.add_argument("--learning-rate", type=float, default=None,
                        help="outer Adam lr; default 3e-4 for abml, 1e-3 for the baselines")
+    train.add_argument("--lr-schedule", default=_DEFAULTS.lr_schedule, choices=LR_SCHEDULES,
+                       help="outer learning rate over training: constant, step (halved every --lr-decay-episodes, "
+                            "as ProtoNet) or cosine (to 0 over --lr-decay-episodes); resumes where it stopped")
+    train.add_argument("--lr-decay-episodes", type=int, default=_DEFAULTS.lr_decay_episodes,
+                       help="training episodes per halving (step) or of the whole decay (cosine)")
     train.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="epochs to train in total")
     train.add_argument("--steps-per-epoch", type=int, default=_DEFAULTS.steps_per_epoch,
                        help="outer updates per epoch (episodes per epoch = this x meta-batch)")
@@ -215,10 +229,15 @@ def check_data(config):
         omniglot.find_sources(data_dir)
     if config.split_scheme == "lake":
         return  # class counts are checked by the sampler once the images are loaded
-    for split in ("train", "val"):
+    for split in ("train", "val"):  # validation uses the training task shape
         count = splits.num_classes(split, config.split_scheme, config.data_dir)
-        if config.ways > count:
-            raise UserInputError(f"--ways {config.ways} is larger than the {count} classes of the {split} split")
+        if config.resolved_train_ways > count:
+            flag = "--ways" if config.train_ways is None else "--train-ways"
+            raise UserInputError(f"{flag} {config.resolved_train_ways} is larger than the {count} classes of the "
+                                 f"{split} split")
+    count = splits.num_classes("test", config.split_scheme, config.data_dir)
+    if config.ways > count:
+        raise UserInputError(f"--ways {config.ways} is larger than the {count} classes of the test split")
 
 
 def check_encoder_weights(config):
@@ -278,8 +297,10 @@ def _train(config, output, verbose, max_minutes, strategy):
     import keras
 
     from tfp_abml import distribute
-    from tfp_abml.checkpointing import TrainingState, checkpoint_callback, read_json, write_json_atomic
+    from tfp_abml.checkpointing import (FINAL_WEIGHTS, TrainingState, checkpoint_callback, keep_best, read_json,
+                                        save_weights_atomic, write_json_atomic)
 
+    saved_config, config = config, config.for_training()  # the training task shape (--train-ways ...)
     train_sampler = config.sampler("train")
     val_sampler = config.sampler("val", seed=config.seed + 1_000_003) if config.val_tasks else None
 
@@ -294,7 +315,7 @@ def _train(config, output, verbose, max_minutes, strategy):
         distribute.call_to_build(model, strategy, config.example_inputs())
         distribute.synchronize_batch_norm(model, strategy)
         state = TrainingState(model, output / "checkpoints")
-    write_json_atomic(output / "config.json", config.to_dict())
+    write_json_atomic(output / "config.json", saved_config.to_dict())  # both task shapes
 
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()
@@ -311,7 +332,9 @@ def _train(config, output, verbose, max_minutes, strategy):
         return None
     history = read_json(output / "history.json", {})
     keep = [i for i, e in enumerate(history.get("epoch", [])) if e <= initial_epoch]
-    history = {key: [values[i] for i in keep] for key, values in history.items()}
+    history = {key: [values[i] for i in keep if i < len(values)] for key, values in history.items()}
+    if history.get("epoch"):
+        keep_best(model, output, history)  # a run stopped between its checkpoint and its best weights
 
     train_data = distribute.distributed_episodes(strategy, train_sampler, config.meta_batch,
                                                  start=initial_epoch * episodes_per_epoch)
@@ -336,17 +359,11 @@ def _train(config, output, verbose, max_minutes, strategy):
         raise UserInputError(f"training stopped: {saver.fault}. Likely causes: --inner-lr or --learning-rate "
                              "too large; lower them and start over with --overwrite")
     trained = len(result.epoch) * episodes_per_epoch
-    _save_weights(model, output / "model.weights.h5")
+    save_weights_atomic(model, output / FINAL_WEIGHTS)
     if verbose and chief:
         print(f"Trained {trained} episodes in {elapsed:.0f} s ({trained / elapsed:.1f} episodes/s, "
               f"validation included); run saved in {output}")
     return result
-
-
-def _save_weights(model, path):
-    tmp = path.with_name(".tmp-" + path.name)
-    model.save_weights(str(tmp))
-    tmp.replace(path)
 
 
 def _fit(argv):

@@ -68,7 +68,10 @@ CASES = [
     ("evaluate", ["--run", "{run}", "--tasks", "0"], "--tasks must be >= 1"),
     ("evaluate", ["--run", "{run}", "--samples", "0"], "--samples must be >= 1"),
     ("evaluate", ["--run", "{run}", "--split", "holdout"], "argument --split: invalid choice"),
-    ("evaluate", ["--run", "{run}", "--ways", "3"], "was trained 5-way"),
+    ("evaluate", ["--run", "{run}", "--ways", "3"], "has no checkpoint yet"),  # abml aligned+pool serves any N
+    ("evaluate", ["--run", "{run}", "--weights", "middle"], "argument --weights: invalid choice"),
+    ("fit", ["--method", "maml", "--train-ways", "10"], "maml has an N-way output layer"),
+    ("fit", ["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice"),
     ("evaluate", ["--run", "{run}", "--shots", "15", "--queries", "10"], "is more than the 20"),
     ("evaluate", ["--run", "{run}"], "has no checkpoint yet"),
     # training.export

@@ -124,10 +124,16 @@ class MetaSGD(MAML):
     def __init__(self, encoder, ways, inner_steps=1, inner_lr=0.4, first_order=False, task_loop="unrolled", **kwargs):
         super().__init__(encoder, ways, inner_steps=inner_steps, inner_lr=inner_lr, first_order=first_order,
                          task_loop=task_loop, **kwargs)
-        self.learning_rates = [
-            self.add_weight(shape=v.shape, initializer=keras.initializers.Constant(inner_lr),
-                            name=f"lr_{v.path.replace('/', '_')}")
-            for v in self.network.trainable_variables]
+        # One attribute per rate, not a list, so that tf.train.Checkpoint sees them (see AmortizedBNN).
+        self.learning_rate_count = len(self.network.trainable_variables)
+        for i, v in enumerate(self.network.trainable_variables):
+            setattr(self, f"learning_rate_{i}", self.add_weight(
+                shape=v.shape, initializer=keras.initializers.Constant(inner_lr), name=f"lr_{v.path.replace('/', '_')}"))
+
+    @property
+    def learning_rates(self):
+        """The learned inner learning rates, one tensor per weight tensor of the network."""
+        return [getattr(self, f"learning_rate_{i}") for i in range(self.learning_rate_count)]
 
     def inner_learning_rates(self):
         return [rate.value for rate in self.learning_rates]

@@ -1,0 +1,155 @@
+"""Every method trained under a published protocol, one CPU budget each, evaluated on the same tasks.
+
+    python benchmarks/protocol.py --data-dir ../shared/data --minutes 68
+
+Protocol (Snell et al., 2017, for Omniglot 1-shot): 60-way 1-shot training episodes with 5 queries
+per class, one episode per Adam step at 1e-3 (ProtoNet) or abml's default 3e-4, constant learning
+rate, validated every 100 episodes on 50 validation tasks of the same shape. All methods train at
+the same time (``training.fit`` in parallel child processes, so that they share the machine alike)
+until ``--minutes`` of wall-clock training, then each is evaluated with ``training.evaluate`` at
+every ``--eval-ways`` (1-shot, 15 queries per class) on ``--tasks`` test tasks of the Vinyals split:
+the same tasks for every method (same seed). A run that has finished (``model.weights.h5``) is not
+trained again: delete its folder to retrain.
+
+Writes ``benchmarks/results/protocol_omniglot_1shot.json`` (commands, episodes, minutes, every
+measure with its 95% interval) and ``protocol_omniglot_1shot_time.png``: validation accuracy per
+epoch against wall-clock minutes, every method on one plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+# The training task shape and schedule of each method's protocol (flags of training.fit).
+TRAINING = ["--ways", "60", "--shots", "1", "--queries", "5", "--meta-batch", "1", "--epochs", "1000",
+            "--steps-per-epoch", "100", "--val-tasks", "50"]
+PROTOCOLS = {"protonet": ["--method", "protonet", *TRAINING], "abml": ["--method", "abml", *TRAINING]}
+PUBLISHED = {"protonet": {5: 98.8, 20: 96.0}}  # Snell et al. (2017), Omniglot 1-shot, Vinyals split
+
+
+def fit_command(method, data_dir, minutes, runs_dir):
+    return [sys.executable, "-m", "training.fit", *PROTOCOLS[method], "--max-minutes", str(minutes),
+            "--data-dir", str(data_dir), "--output", str(run_dir(runs_dir, method)), "--verbose", "2"]
+
+
+def run_dir(runs_dir, method):
+    return pathlib.Path(runs_dir) / f"omniglot-60w1s-{method}"
+
+
+def train_all(methods, data_dir, minutes, runs_dir):
+    """Start every unfinished method's training at once; wait for all."""
+    children = {}
+    for method in methods:
+        if (run_dir(runs_dir, method) / "model.weights.h5").is_file():
+            print(f"{method}: finished run in {run_dir(runs_dir, method)}, not trained again", flush=True)
+            continue
+        log = open(pathlib.Path(runs_dir) / f"{method}.log", "a")
+        children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir), cwd=REPO,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        print(f"{method}: training for {minutes} min, log in {log.name}", flush=True)
+    for method, child in children.items():
+        if child.wait() != 0:
+            raise SystemExit(f"error: training {method} failed (exit {child.returncode}); see its log")
+
+
+def evaluation_curve(run):
+    """(minutes since the first epoch began, validation accuracy) per epoch, from the TensorBoard logs."""
+    import tensorflow as tf
+
+    times, values = [], []
+    start = None
+    for path in sorted((run / "logs" / "train").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            start = event.wall_time if start is None else min(start, event.wall_time)
+    for path in sorted((run / "logs" / "validation").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "epoch_accuracy":  # Keras's TensorBoard callback, once per epoch
+                    times.append((event.wall_time - start) / 60.0)
+                    values.append(float(tf.make_ndarray(value.tensor)))
+    return times, values
+
+
+def evaluate(method, run, ways, tasks, data_dir):
+    command = [sys.executable, "-m", "training.evaluate", "--run", str(run), "--ways", str(ways), "--shots", "1",
+               "--queries", "15", "--tasks", str(tasks), "--seed", "0", "--data-dir", str(data_dir), "--verbose", "0"]
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    result = json.loads((run / "eval_test.json").read_text())
+    return {"command": " ".join(["python", *command[1:]]), **result}
+
+
+def plot(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, (minutes, accuracy) in curves.items():
+        ax.plot(minutes, [100 * a for a in accuracy], label=method)
+    ax.set_xlabel("wall-clock minutes of training (2-core CPU, methods trained side by side)")
+    ax.set_ylabel("validation accuracy, 60-way 1-shot (%)")
+    ax.set_title("Omniglot, ProtoNet's protocol: what an hour of CPU buys")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, format="png", dpi=120)
+    tmp.replace(path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--methods", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    p.add_argument("--minutes", type=float, default=68.0, help="wall-clock training budget per method")
+    p.add_argument("--tasks", type=int, default=600)
+    p.add_argument("--eval-ways", type=int, nargs="+", default=[5, 20])
+    p.add_argument("--runs-dir", default="runs/protocol")
+    args = p.parse_args(argv)
+    pathlib.Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+    train_all(args.methods, args.data_dir, args.minutes, args.runs_dir)
+
+    from tfp_abml.checkpointing import read_json, write_json_atomic
+
+    results, curves = {}, {}
+    for method in args.methods:
+        run = run_dir(args.runs_dir, method)
+        history = read_json(run / "history.json", {})
+        curves[method] = evaluation_curve(run)
+        started = time.perf_counter()
+        evaluations = {f"{ways}-way 1-shot": evaluate(method, run, ways, args.tasks, args.data_dir)
+                       for ways in args.eval_ways}
+        results[method] = {
+            "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, args.runs_dir)[1:]]),
+            "epochs": len(history.get("epoch", [])), "training_episodes": 100 * len(history.get("epoch", [])),
+            "training_minutes": curves[method][0][-1] if curves[method][0] else None,
+            "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
+            "evaluation_seconds": time.perf_counter() - started, "published": PUBLISHED.get(method, {}),
+            "evaluations": evaluations}
+        for name, result in evaluations.items():
+            s = next(iter(result["predictions"].values()))
+            print(f"{method:9s} {name}: {100 * s['accuracy']:.2f} +- {100 * s['accuracy_ci95']:.2f}% "
+                  f"NLL {s['nll']:.3f} ECE {100 * s['ece']:.2f}% OOD AUROC {s.get('ood_auroc', float('nan')):.3f} "
+                  f"({result['weights']})", flush=True)
+    out = RESULTS / "protocol_omniglot_1shot.json"
+    write_json_atomic(out, {"command": "python benchmarks/protocol.py " + " ".join(argv or sys.argv[1:]),
+                            "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
+                            "protocol": __doc__.split("\n\n")[2], "methods": results})
+    plot(curves, RESULTS / "protocol_omniglot_1shot_time.png")
+    print(f"wrote {out} and {RESULTS / 'protocol_omniglot_1shot_time.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Training as the papers did: training task shape apart from the evaluation one (``--train-ways``),
+learning-rate schedules that a resume continues, and the best validation epoch's weights kept.
+
+All runs are tiny models on real Omniglot, seconds each.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tfp_abml.checkpointing import BEST_RECORD, BEST_WEIGHTS, best_epoch, keep_best, load_run
+from tfp_abml.errors import UserInputError
+from tfp_abml.run_config import RunConfig
+from training import evaluate, export, fit
+
+TINY = ["--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch", "1", "--inner-steps", "1",
+        "--embedding-dim", "16", "--hidden-units", "16", "--noise-dim", "8", "--verbose", "0"]
+
+
+def _history(output):
+    return json.loads((output / "history.json").read_text())
+
+
+def test_step_and_cosine_schedules_follow_keras_over_optimizer_steps():
+    step = RunConfig(lr_schedule="step", lr_decay_episodes=8, meta_batch=4, learning_rate=1e-3).learning_rate_schedule()
+    assert [float(step(s)) for s in (0, 1, 2, 3, 4, 6)] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 1.25e-4])
+    cosine = RunConfig(lr_schedule="cosine", lr_decay_episodes=10, meta_batch=1, learning_rate=1e-3).learning_rate_schedule()
+    assert [float(cosine(s)) for s in (0, 5, 10)] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-9)
+    assert RunConfig(learning_rate=1e-3).learning_rate_schedule() == 1e-3
+    with pytest.raises(UserInputError, match="unknown --lr-schedule 'linear'"):
+        RunConfig(lr_schedule="linear").validate()
+
+
+def test_a_resumed_schedule_continues_where_it_stopped(data_dir, tmp_path):
+    args = [*TINY, "--data-dir", str(data_dir), "--steps-per-epoch", "2", "--val-tasks", "0",
+            "--lr-schedule", "step", "--lr-decay-episodes", "3", "--learning-rate", "1e-3"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert fit.main([*args, "--output", str(whole), "--epochs", "4"]) == 0
+    assert fit.main([*args, "--output", str(resumed), "--epochs", "2"]) == 0
+    assert fit.main([*args, "--output", str(resumed), "--epochs", "4"]) == 0
+    expected = _history(whole)
+    # After epochs of 2 steps: steps 2, 4, 6, 8 -> floor(step / 3) halvings.
+    assert expected["learning_rate"] == pytest.approx([1e-3 * 0.5 ** (s // 3) for s in (2, 4, 6, 8)])
+    got = _history(resumed)
+    assert got["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-7)
+    # Same seed, same episodes, same schedule: the same losses (see test_interruption for the tolerance).
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
+
+
+def test_keep_best_saves_only_a_new_best_and_mends_a_missed_save(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    history = {"epoch": [1], "val_accuracy": [0.5]}
+    assert keep_best(model, tmp_path, history) == (1, 0.5)
+    first = model.get_weights()
+    model.set_weights([w + 1 for w in first])
+    history = {"epoch": [1, 2], "val_accuracy": [0.5, 0.4]}  # worse: the saved weights stay
+    assert keep_best(model, tmp_path, history) == (1, 0.5)
+    saved = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    saved.load_weights(str(tmp_path / BEST_WEIGHTS))
+    for a, b in zip(saved.get_weights(), first):
+        np.testing.assert_array_equal(a, b)
+    history = {"epoch": [1, 2, 3], "val_accuracy": [0.5, 0.4, 0.5]}  # a tie is not better
+    assert keep_best(model, tmp_path, history) == (1, 0.5)
+    assert json.loads((tmp_path / BEST_RECORD).read_text()) == {"epoch": 1, "val_accuracy": 0.5}
+    history = {"epoch": [1, 2, 3, 4], "val_accuracy": [0.5, 0.4, 0.5, 0.6]}
+    assert keep_best(model, tmp_path, history) == (4, 0.6)
+    assert json.loads((tmp_path / BEST_RECORD).read_text())["epoch"] == 4
+    assert best_epoch({"epoch": [1, 2], "loss": [1.0, 0.5]}) is None  # no validation, no best
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BEST_RECORD, BEST_WEIGHTS]  # no temporary files left
+
+
+@pytest.fixture(scope="module")
+def agnostic_run(tmp_path_factory, data_dir):
+    """abml (aligned posterior, pooled task encoding) trained and validated 4-way, evaluated 3-way."""
+    output = tmp_path_factory.mktemp("agnostic") / "run"
+    assert fit.main([*TINY, "--data-dir", str(data_dir), "--output", str(output), "--train-ways", "4",
+                     "--train-queries", "3", "--steps-per-epoch", "3", "--epochs", "3", "--val-tasks", "4"]) == 0
+    return output
+
+
+def test_train_ways_trains_at_its_shape_and_keeps_the_evaluation_shape(agnostic_run):
+    config = json.loads((agnostic_run / "config.json").read_text())
+    assert (config["ways"], config["train_ways"], config["queries"], config["train_queries"]) == (3, 4, 2, 3)
+    history = _history(agnostic_run)
+    assert history["epoch"] == [1, 2, 3] and len(history["val_accuracy"]) == 3
+    record = json.loads((agnostic_run / BEST_RECORD).read_text())
+    assert (record["epoch"], record["val_accuracy"]) == best_epoch(history)
+    # The default evaluation shape is --ways; the same weights serve any N.
+    for ways in (None, 5, 20):
+        config, model = load_run(agnostic_run, ways=ways)
+        assert config.ways == (ways or 3) and model.ways == (ways or 3)
+        assert model.loaded_weights.startswith(BEST_WEIGHTS)
+        probabilities = model(config.example_inputs()).numpy()
+        assert probabilities.shape == (1, config.ways * config.queries, config.ways)
+
+
+def test_best_and_last_weights_are_the_checkpoints_they_name(agnostic_run):
+    import tensorflow as tf
+
+    from tfp_abml.run_config import RunConfig as Config
+
+    config, best = load_run(agnostic_run, weights="best")
+    _, last = load_run(agnostic_run, weights="last")
+    assert last.loaded_weights.startswith("model.weights.h5")  # the run ended: its final weights
+    best_epoch_number = json.loads((agnostic_run / BEST_RECORD).read_text())["epoch"]
+    # "best" is the checkpoint of the best epoch, variable for variable ("last" that of epoch 3).
+    reference = Config.load(agnostic_run / "config.json").build_model()
+    reference(config.example_inputs())
+    tf.train.Checkpoint(model=reference).restore(
+        str(agnostic_run / "checkpoints" / f"ckpt-{best_epoch_number}")).expect_partial()
+    if (agnostic_run / "checkpoints" / f"ckpt-{best_epoch_number}.index").is_file():  # max_to_keep=2
+        for a, b in zip(best.get_weights(), reference.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    same = all(np.array_equal(a, b) for a, b in zip(best.get_weights(), last.get_weights()))
+    assert same == (best_epoch_number == 3)
+
+
+def test_a_ways_agnostic_run_evaluates_and_exports_at_other_ways(agnostic_run, tmp_path):
+    import tensorflow as tf
+
+    assert evaluate.main(["--run", str(agnostic_run), "--ways", "5", "--tasks", "4", "--no-ood",
+                          "--verbose", "0"]) == 0
+    result = json.loads((agnostic_run / "eval_test.json").read_text())
+    assert (result["ways"], result["shots"]) == (5, 1) and result["weights"].startswith(BEST_WEIGHTS)
+    assert export.main(["--run", str(agnostic_run), "--ways", "20", "--output", str(tmp_path / "sm" / "1")]) == 0
+    served = tf.saved_model.load(str(tmp_path / "sm" / "1")).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    out = served(support_images=tf.constant(rng.uniform(size=(20, 28, 28, 1)), tf.float32),
+                 support_labels=tf.range(20, dtype=tf.int32),
+                 query_images=tf.constant(rng.uniform(size=(7, 28, 28, 1)), tf.float32))["probabilities"].numpy()
+    assert out.shape == (7, 20) and np.allclose(out.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "maml", "--train-ways", "5"], "maml has an N-way output layer"),
+    (["--posterior", "paper", "--train-ways", "5"], "abml's posterior depends on N unless"),
+    (["--train-ways", "1"], "--train-ways must be an integer >= 2"),
+    (["--train-shots", "10", "--train-queries", "11"], "--train-shots 10 + --train-queries 11 = 21 is more than"),
+    (["--train-ways", "700"], "--train-ways 700 is larger than the 688 classes of the val split"),
+    (["--lr-decay-episodes", "0"], "--lr-decay-episodes must be an integer >= 1"),
+    (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice"),
+])
+def test_bad_protocol_flags_exit_2_with_one_line(args, message, data_dir, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert fit.main([*args, "--data-dir", str(data_dir), "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not output.exists()
+
+
+def test_a_maml_run_refuses_other_ways(tmp_path, data_dir, capsys):
+    from tfp_abml.checkpointing import write_json_atomic
+
+    run = tmp_path / "maml-run"
+    write_json_atomic(run / "config.json", RunConfig(method="maml", ways=5, data_dir=str(data_dir)).to_dict())
+    assert evaluate.main(["--run", str(run), "--ways", "20"]) == 2
+    assert "was trained 5-way and maml has an N-way output layer: evaluate with --ways 5" in capsys.readouterr().err
