@@ -134,8 +134,8 @@ def test_a_ways_agnostic_run_evaluates_and_exports_at_other_ways(agnostic_run, t
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "maml", "--train-ways", "5"], "maml has an N-way output layer"),
-    (["--posterior", "paper", "--train-ways", "5"], "abml's posterior depends on N unless"),
+    (["--method", "maml", "--train-ways", "10"], "maml has an N-way output layer"),
+    (["--posterior", "paper", "--train-ways", "10"], "abml's posterior depends on N unless"),
     (["--train-ways", "1"], "--train-ways must be an integer >= 2"),
     (["--train-shots", "10", "--train-queries", "11"], "--train-shots 10 + --train-queries 11 = 21 is more than"),
     (["--train-ways", "700"], "--train-ways 700 is larger than the 688 classes of the val split"),
@@ -144,7 +144,9 @@ def test_a_ways_agnostic_run_evaluates_and_exports_at_other_ways(agnostic_run, t
 ])
 def test_bad_protocol_flags_exit_2_with_one_line(args, message, data_dir, tmp_path, capsys):
     output = tmp_path / "run"
-    assert fit.main([*args, "--data-dir", str(data_dir), "--output", str(output)]) == 2
+    # Tiny, so that a case the checks let through fails in seconds rather than training a full run.
+    tiny = ["--epochs", "1", "--steps-per-epoch", "1", "--val-tasks", "0"]
+    assert fit.main([*args, *tiny, "--data-dir", str(data_dir), "--output", str(output)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not output.exists()
