@@ -1,10 +1,13 @@
 """Flipout against direct weight sampling: same marginal mean and variance, decorrelated examples."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfp_abml.flipout import (DenseParams, dense_sampled_weights, flipout_dense, kl_to_standard_normal,
                               rho_from_scale, scale_from_rho)
+
+pytestmark = pytest.mark.numerics  # compares computations: also run under other kernels (.ci/run)
 
 SAMPLES = 20000
 

@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from tfp_abml.inner_loop import sgd_adapt
 
+pytestmark = pytest.mark.numerics  # compares computations: also run under other kernels (.ci/run)
+
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_second_order_gradient_matches_the_analytic_case(steps):

@@ -31,6 +31,7 @@ def _plain_conv4():
     return plain, fused
 
 
+@pytest.mark.numerics
 def test_fused_batch_norm_matches_keras_values_gradients_and_moving_statistics():
     plain, fused = _plain_conv4()
     assert sum(isinstance(layer, FusedBatchNormalization) for layer in fused.layers) == 4
@@ -58,6 +59,7 @@ def _second_order(model, images):
     return outer.gradient(norm, weights)
 
 
+@pytest.mark.numerics
 def test_second_order_maml_differentiates_keras_ops_not_the_fused_kernel():
     """TensorFlow's second derivative of the fused kernel is inexact behind a convolution, so
     second-order MAML switches it off; with it off the layer's second derivatives are Keras's."""
@@ -165,6 +167,7 @@ def _one_training_step(method, jit, dtype="float32", **config):
     return logs, before, [v.numpy() for v in model.trainable_variables]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method,dtype,tolerance,config", [
     ("protonet", "float32", 1e-3, {}),
     # In float32 round-off alone moves maml's outer gradient here by a few percent (the support

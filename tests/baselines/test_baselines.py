@@ -54,6 +54,7 @@ def test_metasgd_learns_its_inner_learning_rates(samplers, data_dir):
 TOLERANCE = 1e-9
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["maml", "metasgd"])
 def test_maml_task_loops_give_the_same_logits_and_outer_gradients(method):
     # task_loop="map_fn" (what "sequential" evaluates with) against "unrolled" (Conv-4's choice):
@@ -107,6 +108,7 @@ def _compare_task_loops(method):
         type(model)(model.encoder, 3, task_loop="vectorized")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["maml", "metasgd"])
 def test_sequential_task_loop_takes_the_same_outer_step_as_the_unrolled_one(method):
     # "sequential" sums per-task outer gradients in a tf.while_loop instead of differentiating the
