@@ -278,8 +278,10 @@ def checkpoint_callback(state: TrainingState, history_path, previous_history=Non
             for key, value in (logs or {}).items():
                 history.setdefault(key, []).append(float(value))
             rates = history.setdefault("learning_rate", [])
-            if "learning_rate" not in (logs or {}) and len(rates) == len(history["epoch"]) - 1:  # runs from
-                rates.append(float(self.model.optimizer.learning_rate))  # before it was recorded have none
+            # Not for a run resumed from before rates were recorded (its list is short); under a
+            # strategy the rate is a MirroredVariable: read it through a tensor.
+            if "learning_rate" not in (logs or {}) and len(rates) == len(history["epoch"]) - 1:
+                rates.append(float(tf.convert_to_tensor(self.model.optimizer.learning_rate)))
             write_json_atomic(history_path, history)
             state.save(epoch + 1)
             keep_best(self.model, pathlib.Path(history_path).parent, history)
