@@ -296,7 +296,8 @@ def load_run(run_dir, weights="best", **overrides):
     """Config and model of a training run.
 
     ``weights``: ``"best"`` loads ``best.weights.h5`` (the best validation epoch) where the run
-    has one, else the latest checkpoint; ``"last"`` always the latest checkpoint.
+    has one; otherwise, and for ``"last"``, the newest weights: ``model.weights.h5`` of a finished
+    run if no checkpoint is newer, else the latest checkpoint. ``model.loaded_weights`` says which.
     ``overrides`` replace config settings (e.g. ``shots`` or ``data_dir``) before the model is
     built; settings that change the model's shape must match the trained one. ``ways`` may
     change for models whose weights serve any N (``RunConfig.ways_agnostic``).

@@ -165,8 +165,6 @@ class RunConfig:
                                  f"(default {DEFAULT_IMAGE_SIZE[self.encoder]})")
         if self.encoder_weights is not None and self.encoder != "efficientnet_b0":
             raise UserInputError("--encoder-weights applies only to --encoder efficientnet_b0")
-        if self.encoder_weights not in (None, "imagenet"):
-            check_weights_file(self.encoder_weights)
         return self
 
     @property

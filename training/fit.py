@@ -241,14 +241,17 @@ def check_data(config):
 
 
 def check_encoder_weights(config):
-    """Fail before the data is loaded if ``--encoder-weights`` is a file that does not fit the encoder.
-
-    ``RunConfig.validate`` has checked the name ('imagenet' or a readable .h5 file); whether the
-    file's shapes fit needs the encoder itself, built here alone (seconds), not the whole model.
+    """Fail before the data is loaded if ``--encoder-weights`` is not 'imagenet' or a readable .h5
+    file that fits the encoder. Whether its shapes fit needs the encoder itself, built here alone
+    (seconds), not the whole model. Only where training starts: a trained run's evaluation and
+    export load their weights from the run and no longer need the file.
     """
     if config.encoder_weights in (None, "imagenet"):
         return
     from tfp_abml.encoders import build_encoder
+    from tfp_abml.run_config import check_weights_file
+
+    check_weights_file(config.encoder_weights)
 
     build_encoder(config.encoder, config.resolved_image_size, channels=config.channels,
                   embedding_dim=config.embedding_dim, weights=config.encoder_weights)

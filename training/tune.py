@@ -145,7 +145,7 @@ def prepare_output(settings, output, overwrite):
 
 def run(argv):
     base, space_values, args = parse(argv)
-    from training.fit import check_data
+    from training.fit import check_data, check_encoder_weights
 
     from tfp_abml import tuning
 
@@ -154,6 +154,7 @@ def run(argv):
     check_writable(args.best_config, "--best-config", folder=False)
     if not tuning.is_chief():  # the chief runs no trials and needs no data
         check_data(base)
+        check_encoder_weights(base)
     prepare_output(_settings(base, space_values, args), args.output, args.overwrite)
 
     hypermodel = tuning.FewShotHyperModel(base, space, args.trial_steps, args.trial_epochs)
