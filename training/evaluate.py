@@ -29,7 +29,7 @@ def build_parser():
                         "--posterior aligned --task-encoding pool)")
     p.add_argument("--weights", default="best", choices=("best", "last"),
                    help="best: the best validation epoch's weights (best.weights.h5) where the run has them; "
-                        "last: the latest checkpoint")
+                        "last: the newest (a finished run's model.weights.h5, else the latest checkpoint)")
     p.add_argument("--shots", type=int, default=None, help="override the run's shots")
     p.add_argument("--queries", type=int, default=None, help="override the run's queries per class")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")

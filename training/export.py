@@ -27,7 +27,8 @@ def build_parser():
     p.add_argument("--ways", type=int, default=None,
                    help="classes per request, if not the run's (models that serve any N, see training.evaluate)")
     p.add_argument("--weights", default="best", choices=("best", "last"),
-                   help="best: the best validation epoch's weights where the run has them; last: the latest checkpoint")
+                   help="best: the best validation epoch's weights where the run has them; last: the newest "
+                        "(a finished run's model.weights.h5, else the latest checkpoint)")
     return p
 
 

@@ -252,7 +252,6 @@ def check_encoder_weights(config):
     from tfp_abml.run_config import check_weights_file
 
     check_weights_file(config.encoder_weights)
-
     build_encoder(config.encoder, config.resolved_image_size, channels=config.channels,
                   embedding_dim=config.embedding_dim, weights=config.encoder_weights)
 
