@@ -34,6 +34,7 @@ RESULTS = REPO / "benchmarks" / "results"
 # The training task shape and schedule of each method's protocol (flags of training.fit).
 TRAINING = ["--ways", "60", "--shots", "1", "--queries", "5", "--meta-batch", "1", "--epochs", "1000",
             "--steps-per-epoch", "100", "--val-tasks", "50"]
+EPISODES_PER_EPOCH = int(TRAINING[TRAINING.index("--steps-per-epoch") + 1])  # meta-batch 1
 PROTOCOLS = {"protonet": ["--method", "protonet", *TRAINING], "abml": ["--method", "abml", *TRAINING]}
 PUBLISHED = {"protonet": {5: 98.8, 20: 96.0}}  # Snell et al. (2017), Omniglot 1-shot, Vinyals split
 
@@ -133,7 +134,8 @@ def main(argv=None):
                        for ways in args.eval_ways}
         results[method] = {
             "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, args.runs_dir)[1:]]),
-            "epochs": len(history.get("epoch", [])), "training_episodes": 100 * len(history.get("epoch", [])),
+            "epochs": len(history.get("epoch", [])),
+            "training_episodes": EPISODES_PER_EPOCH * len(history.get("epoch", [])),
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,
             "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
             "evaluation_seconds": time.perf_counter() - started, "published": PUBLISHED.get(method, {}),

@@ -44,12 +44,11 @@ def _efficientnet_b0_backbone(inputs, weights):
     if inputs.shape[-1] == 1:
         x = keras.layers.Concatenate()([x, x, x])
     x = keras.layers.Rescaling(255.0)(x)
-    if weights in (None, "imagenet"):
-        backbone = keras.applications.EfficientNetB0(include_top=False, weights=weights, input_shape=x.shape[1:],
-                                                     pooling="avg")
+    named = weights in (None, "imagenet")  # else a file, loaded and checked below
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=weights if named else None,
+                                                 input_shape=x.shape[1:], pooling="avg")
+    if named:
         return backbone(x)
-    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=x.shape[1:],
-                                                 pooling="avg")
     import warnings
 
     try:
