@@ -97,7 +97,7 @@ class Cluster:
         if not text:
             raise UserInputError("--strategy multi-worker needs TF_CONFIG on every machine, naming the cluster "
                                  f"and this machine's place in it, e.g. {TF_CONFIG_EXAMPLE} (index 1 on the "
-                                 "second machine); see the README, 'Training on several GPUs or machines'")
+                                 "second machine); see docs/distributed.md, 'Training on several GPUs or machines'")
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as err:

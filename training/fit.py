@@ -1,11 +1,12 @@
 """Meta-train a few-shot learner: ``python -m training.fit --dataset omniglot --ways 5 --shots 1``.
 
-Writes to ``--output`` (default ``runs/<dataset>-<ways>w<shots>s``): ``config.json``,
+Writes to ``--output`` (default ``runs/<dataset>-<ways>w<shots>s[-<method>]``): ``config.json``,
 ``history.json``, ``checkpoints/`` (model, optimizer, epoch after every epoch),
 ``logs/`` (TensorBoard) and ``model.weights.h5`` at the end. Running the same
 command again resumes from the last checkpoint; a different config on the same
 ``--output`` is refused unless ``--overwrite`` is given. ``--strategy mirrored`` or
 ``multi-worker`` splits every meta-batch over GPUs or machines (:mod:`tfp_abml.distribute`).
+Every flag, with its default: docs/training.md.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def build_parser():
                    help="abml: the paper's amortized BNN; baselines: protonet, maml, metasgd, matching")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=_DEFAULTS.dataset,
-                      help="omniglot or miniimagenet (needs --data-dir, see README)")
+                      help="omniglot or miniimagenet (needs --data-dir, see docs/data.md)")
     data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake"),
                       help="class split: vinyals (with rotations; the published one) or lake")
     data.add_argument("--data-dir", default=None,
@@ -63,7 +64,7 @@ def build_parser():
     model.add_argument("--hidden-units", type=int, nargs="*", default=list(_DEFAULTS.hidden_units),
                        help="hidden layer widths of the Bayesian MLP")
     model.add_argument("--posterior", default=_DEFAULTS.posterior, choices=POSTERIORS,
-                       help="abml: 'aligned' (output-layer means from the class prototypes, see README) or "
+                       help="abml: 'aligned' (output-layer means from the class prototypes, see docs/method.md) or "
                             "'paper' (LSTM emits every layer)")
     model.add_argument("--task-encoding", default=None, choices=TASK_ENCODINGS,
                        help="abml: LSTM initial state from the class means, 'concat' (paper; random class order, "
@@ -82,7 +83,8 @@ def build_parser():
                        help="maml/metasgd: adapt a meta-batch's tasks unrolled in the graph, in a tf.map_fn, or "
                             "sequential (each task's outer gradient taken before the next: the least memory). Same "
                             "numbers; unrolled runs 1.1x faster per episode, sequential traces 4x faster. "
-                            "auto: unrolled for conv4, sequential for efficientnet_b0 (see README, Speed and Memory)")
+                            "auto: unrolled for conv4, sequential for efficientnet_b0 "
+                            "(see docs/benchmarks.md, Speed and Memory)")
     model.add_argument("--kl-scale", type=float, default=_DEFAULTS.kl_scale,
                        help="weight of KL(q || N(0,1)), summed over BNN weights, in the outer loss")
     model.add_argument("--eval-samples", type=int, default=_DEFAULTS.eval_samples,
@@ -104,7 +106,8 @@ def build_parser():
     train.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for tasks and weights")
     train.add_argument("--jit", default=_DEFAULTS.jit, choices=JIT_MODES,
                        help="XLA for the outer update; auto: the faster on this device, measured once per "
-                            "model shape and cached (runs under 1000 outer updates: off; see README)")
+                            "model shape and cached (runs under 1000 outer updates: off; "
+                            "see docs/benchmarks.md, --jit auto)")
     run = p.add_argument_group("run")
     run.add_argument("--config", default=None, help="JSON file of settings (e.g. from training.tune); flags win")
     run.add_argument("--output", default=None, help="run directory; default runs/<dataset>-<ways>w<shots>s[-<method>]")
@@ -114,7 +117,7 @@ def build_parser():
     run.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="0 silent, 1 progress bar, 2 a line per epoch")
     run.add_argument("--strategy", default="none", choices=STRATEGIES,
                      help="none: one device; mirrored: this machine's GPUs; multi-worker: the machines in "
-                          "TF_CONFIG (see README); --meta-batch is split evenly over all replicas")
+                          "TF_CONFIG (see docs/distributed.md); --meta-batch is split evenly over all replicas")
     return p
 
 
