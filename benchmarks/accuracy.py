@@ -65,8 +65,9 @@ def parse_setting(text):
 def train_and_evaluate(config, output, minutes=None, tasks=600, seed=0, verbose=2, ood=True):
     """Train ``config`` from scratch in ``output`` (for its epochs, or until ``minutes`` of wall clock),
     then evaluate on ``tasks`` seeded test tasks (plus as many OOD tasks); returns the scores."""
-    from tfp_abml.checkpointing import load_run, read_json
+    from tfp_abml.checkpointing import read_json
     from tfp_abml.evaluation import evaluate_run
+    from tfp_abml.runs import load_run
     from training.fit import prepare_output, train
 
     prepare_output(config, output, overwrite=True)
@@ -102,8 +103,8 @@ def run_method(method, ways, shots, args):
 
 def export_run(run_dir, path):
     """Export a trained run as a SavedModel (``training.export``); returns its path and size."""
-    from tfp_abml.checkpointing import load_run
     from tfp_abml.export import export_saved_model
+    from tfp_abml.runs import load_run
 
     config, model = load_run(run_dir)
     export_saved_model(model, config.resolved_image_size, path)

@@ -30,7 +30,7 @@ import pathlib
 import subprocess
 import sys
 
-from tfp_abml.run_config import MAML_METHODS
+from tfp_abml.choices import MAML_METHODS
 
 MEASURE_MIN_STEPS = 1000
 XLA_MARGIN = 0.10
@@ -100,11 +100,11 @@ def resolve(config, measure=False, log=print):
 
 
 def measure_in_subprocess(config):
-    """Run :func:`measure` in a fresh process, so that nothing of it (memory, random streams, compiled
-    functions) touches the caller's run. Returns the cache entry."""
+    """Run :func:`measure` in a fresh process (``python -m tfp_abml.jit_measurement``), so that nothing
+    of it (memory, random streams, compiled functions) touches the caller's run. Returns the cache entry."""
     from tfp_abml.errors import UserInputError
 
-    result = subprocess.run([sys.executable, "-m", "tfp_abml.jit_choice", json.dumps(config.to_dict())],
+    result = subprocess.run([sys.executable, "-m", "tfp_abml.jit_measurement", json.dumps(config.to_dict())],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise UserInputError(f"--jit auto could not time the training step: {result.stderr.strip()[-2000:]}; "
@@ -167,15 +167,3 @@ def _write(path, cache):
     from tfp_abml.checkpointing import write_json_atomic
 
     write_json_atomic(path, cache)
-
-
-def _main(argv):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfp_abml.run_config import RunConfig
-
-    config = RunConfig.from_dict(json.loads(argv[0]))
-    print(json.dumps(measure(config)))
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])

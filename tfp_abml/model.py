@@ -53,10 +53,10 @@ import dataclasses
 import math
 
 from tfp_abml.bayesian_head import BayesianMLP
+from tfp_abml.choices import POSTERIORS
 from tfp_abml.episodic import EpisodicModel, embed_tasks, mean_nll, split_support_query
 from tfp_abml.inner_loop import sgd_adapt
 from tfp_abml.posterior import AmortizedPosterior
-from tfp_abml.run_config import POSTERIORS
 from tfp_abml.task_encoding import ClassMeanConcat, ClassMeanPool, class_means
 
 

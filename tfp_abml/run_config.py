@@ -10,14 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
+# The names of the choices live in tfp_abml.choices, which the models import as well; they are
+# re-exported here for the command line.
+from tfp_abml.choices import (JIT_MODES, LR_SCHEDULES, MAML_METHODS, METHODS, POSTERIORS, TASK_ENCODINGS,
+                              TASK_LOOPS)
 from tfp_abml.errors import UserInputError
 
-JIT_MODES = ("auto", "on", "off")
-TASK_LOOPS = ("auto", "unrolled", "map_fn", "sequential")  # maml/metasgd: how a meta-batch's tasks are adapted
-METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
-MAML_METHODS = ("maml", "metasgd")  # adapt the whole network per task; --task-loop applies to them
-POSTERIORS = ("paper", "aligned")  # checked here without importing TensorFlow
-TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
 # --task-encoding and --learn-inner-lr when not given, per --posterior.
 POSTERIOR_DEFAULTS = {"aligned": {"task_encoding": "pool", "learn_inner_lr": True},
                       "paper": {"task_encoding": "concat", "learn_inner_lr": False}}
@@ -27,7 +25,6 @@ LEGACY_VALUES = {"posterior": "paper", "task_encoding": "concat", "learn_inner_l
 # output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
 
-LR_SCHEDULES = ("constant", "step", "cosine")
 STEP_DECAY_FACTOR = 0.5  # --lr-schedule step: halved every --lr-decay-episodes (Snell et al., 2017)
 
 # Settings that may change when a run is resumed: how long to train, where the data lives, and

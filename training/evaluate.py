@@ -40,9 +40,10 @@ def build_parser():
 
 
 def run(args):
-    from tfp_abml.checkpointing import load_run, write_json_atomic
+    from tfp_abml.checkpointing import write_json_atomic
     from tfp_abml.evaluation import evaluate_run
     from tfp_abml.metrics import ECE_BINS, plot_reliability
+    from tfp_abml.runs import load_run
 
     for flag in ("tasks", "samples", "ways", "shots", "queries"):
         value = getattr(args, flag)

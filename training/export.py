@@ -34,8 +34,8 @@ def build_parser():
 
 def run(argv):
     args = build_parser().parse_args(argv)
-    from tfp_abml.checkpointing import load_run
     from tfp_abml.export import check_output, export_saved_model
+    from tfp_abml.runs import load_run
 
     if args.samples is not None and args.samples < 1:
         raise UserInputError(f"--samples must be >= 1, got {args.samples}")

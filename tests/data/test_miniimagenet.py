@@ -221,8 +221,8 @@ def test_exported_miniimagenet_model_takes_rgb_and_grey_tasks(mini_dir, tmp_path
     """The SavedModel feeds RGB to an RGB encoder (ProtoNet: deterministic, so served == Keras exactly)."""
     import tensorflow as tf
 
-    from tfp_abml.checkpointing import load_run
     from tfp_abml.data import make_sampler
+    from tfp_abml.runs import load_run
     from training import export, fit
 
     run, out = tmp_path / "protonet", tmp_path / "savedmodel" / "1"

@@ -30,7 +30,7 @@ def _task(data_dir, size=105):
 
 
 def test_saved_model_matches_the_keras_model(protonet_run, data_dir, tmp_path):
-    from tfp_abml.checkpointing import load_run
+    from tfp_abml.runs import load_run
 
     out = tmp_path / "savedmodel" / "1"
     assert export.main(["--run", str(protonet_run), "--output", str(out)]) == 0

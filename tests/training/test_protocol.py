@@ -10,9 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from tfp_abml.checkpointing import BEST_RECORD, BEST_WEIGHTS, best_epoch, keep_best, load_run
+from tfp_abml.checkpointing import BEST_RECORD, BEST_WEIGHTS, best_epoch, keep_best
 from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import RunConfig
+from tfp_abml.runs import load_run
 from training import evaluate, export, fit
 
 TINY = ["--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch", "1", "--inner-steps", "1",

@@ -37,11 +37,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfp_abml.choices import TASK_LOOPS as CONFIG_TASK_LOOPS
 from tfp_abml.distribute import replica_loss
 from tfp_abml.episodic import LogitModel
 from tfp_abml.fused_batch_norm import set_fused
 from tfp_abml.inner_loop import sgd_adapt
-from tfp_abml.run_config import TASK_LOOPS as CONFIG_TASK_LOOPS
 
 TASK_LOOPS = tuple(loop for loop in CONFIG_TASK_LOOPS if loop != "auto")  # RunConfig resolves "auto"
 

@@ -26,17 +26,16 @@ import functools
 import os
 import pathlib
 import re
-import zipfile
-import zlib
 
 import numpy as np
 
+# Where Lake's archives are and the PNGs they hold, shared with the TFDS builder omniglot_local;
+# ARCHIVES and _read_pngs stay importable from here.
+from tfp_abml.data.omniglot_sources import ARCHIVES, DRAWERS, find_sources  # noqa: F401
+from tfp_abml.data.omniglot_sources import read_pngs as _read_pngs  # noqa: F401
 from tfp_abml.errors import UserInputError
 
 DATA_DIR_ENV = "TFP_ABML_DATA_DIR"
-ARCHIVES = ("images_background", "images_evaluation")
-DRAWERS = 20
-_PNG_PATH = re.compile(r"^(?:.*/)?(images_background|images_evaluation)/([^/]+)/(character\d+)/([^/]+\.png)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,48 +68,6 @@ def resolve_data_dir(data_dir=None):
             f"data directory {path} does not exist: pass --data-dir (or set {DATA_DIR_ENV}) "
             "to the folder that holds omniglot/images_background.zip and omniglot/images_evaluation.zip")
     return path
-
-
-def find_sources(data_dir: pathlib.Path):
-    """Map each archive name to its zip file or extracted folder under ``data_dir``."""
-    sources = {}
-    for name in ARCHIVES:
-        for base in (data_dir / "omniglot", data_dir):
-            if (base / f"{name}.zip").is_file():
-                sources[name] = base / f"{name}.zip"
-                break
-            if (base / name).is_dir():
-                sources[name] = base / name
-                break
-    missing = [n for n in ARCHIVES if n not in sources]
-    if missing:
-        raise UserInputError(
-            f"Omniglot not found in {data_dir}: missing {', '.join(m + '.zip' for m in missing)}. "
-            f"Put Lake's images_background.zip and images_evaluation.zip "
-            f"(https://github.com/brendenlake/omniglot/tree/master/python) in {data_dir / 'omniglot'}/")
-    return sources
-
-
-def _read_pngs(source: pathlib.Path):
-    """Yield (archive, alphabet, character, filename, png bytes) from a zip or a folder."""
-    if source.suffix == ".zip":
-        try:
-            with zipfile.ZipFile(source) as zf:
-                for info in zf.infolist():
-                    match = _PNG_PATH.match(info.filename)
-                    if match:
-                        yield (*match.groups(), zf.read(info))
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:  # zlib, EOF: a damaged deflate stream
-            raise UserInputError(f"cannot read {source}: {err}; download the archive again") from err
-        return
-    for path in sorted(source.glob("*/character*/*.png")):
-        match = _PNG_PATH.match(path.as_posix())
-        if match:
-            try:
-                blob = path.read_bytes()
-            except OSError as err:
-                raise UserInputError(f"cannot read {path}: {err}; check the file or extract the archive again") from err
-            yield (*match.groups(), blob)
 
 
 def _decode_resize(blobs, size, names=None):

@@ -29,12 +29,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfp_abml.data import miniimagenet
+from tfp_abml.data import miniimagenet_sources
 from tfp_abml.data.splits import ClassImages
 from tfp_abml.data.tfds_builders import preparation
 from tfp_abml.errors import UserInputError
 
-SIZE = miniimagenet.IMAGE_SIZE
+SIZE = miniimagenet_sources.IMAGE_SIZE
 JPEG_QUALITY = 95
 
 
@@ -77,7 +77,7 @@ class MiniImageNetLocal(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        sources = miniimagenet.find_sources(dl_manager.manual_dir)
+        sources = miniimagenet_sources.find_sources(dl_manager.manual_dir)
         self.info.features["label"].names = sorted({label for rows in sources.files.values() for label, _, _ in rows})
         return {split: self._generate_examples(rows) for split, rows in sources.files.items()}
 
@@ -122,7 +122,7 @@ def _bad_image(paths, err):
 
 def prepare(data_dir):
     """``MiniImageNetLocal`` prepared from the folder under ``data_dir`` (once per distinct folder content)."""
-    sources = miniimagenet.find_sources(data_dir)
+    sources = miniimagenet_sources.find_sources(data_dir)
     source_digest = preparation.digest(sources.digest_entries(), contents=False)
     return preparation.prepared_builder(MiniImageNetLocal, sources.root, source_digest,
                                         f"miniImageNet from {sources.root} ({sources.layout})")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from tfp_abml.data import omniglot
+from tfp_abml.data import omniglot_sources
 from tfp_abml.data.tfds_builders import preparation
 from tfp_abml.errors import UserInputError
 
@@ -71,7 +71,7 @@ class OmniglotLocal(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        sources = omniglot.find_sources(dl_manager.manual_dir)
+        sources = omniglot_sources.find_sources(dl_manager.manual_dir)
         return {split: self._generate_examples(sources[archive], archive)
                 for split, archive in SPLIT_ARCHIVES.items()}
 
@@ -79,14 +79,15 @@ class OmniglotLocal(tfds.core.GeneratorBasedBuilder):
         # Read a whole archive first (about 8 MB): an incomplete character must stop the
         # preparation before anything is written, not leave a prepared copy that lacks drawers.
         by_character = {}
-        for _, alphabet, character, filename, png in omniglot._read_pngs(source):
+        for _, alphabet, character, filename, png in omniglot_sources.read_pngs(source):
             by_character.setdefault((alphabet, character), []).append((filename, png))
         if not by_character:
             raise UserInputError(f"{source} holds no Omniglot character images; download {archive}.zip again")
         for (alphabet, character), files in sorted(by_character.items()):
-            if len(files) != omniglot.DRAWERS:
+            if len(files) != omniglot_sources.DRAWERS:
                 raise UserInputError(f"Omniglot character {archive}/{alphabet}/{character} has {len(files)} images, "
-                                     f"expected {omniglot.DRAWERS}; the archive is incomplete, download it again")
+                                     f"expected {omniglot_sources.DRAWERS}; the archive is incomplete, "
+                                     "download it again")
             for filename, png in sorted(files):
                 yield f"{alphabet}/{character}/{filename}", {
                     "image": png, "alphabet": alphabet, "character": character, "filename": filename,
@@ -108,7 +109,7 @@ def source_files(sources):
     that holds the archive, so moving the data elsewhere keeps the same digest.
     """
     files = []
-    for archive in omniglot.ARCHIVES:
+    for archive in omniglot_sources.ARCHIVES:
         source = sources[archive]
         paths = [source] if source.suffix == ".zip" else sorted(source.glob("*/character*/*.png"))
         files.extend((path.relative_to(source.parent).as_posix(), path) for path in paths)
@@ -117,7 +118,7 @@ def source_files(sources):
 
 def prepare(data_dir):
     """``OmniglotLocal`` prepared from the archives under ``data_dir`` (once per distinct set of archives)."""
-    sources = omniglot.find_sources(data_dir)
+    sources = omniglot_sources.find_sources(data_dir)
     return preparation.prepared_builder(OmniglotLocal, data_dir, preparation.digest(source_files(sources)),
                                         "Omniglot from Lake's archives")
 

@@ -1,0 +1,15 @@
+"""The names of the choices a run's settings offer, checkable without TensorFlow.
+
+A leaf: it imports nothing, so both the settings (``tfp_abml.run_config``, the command line)
+and the models (``tfp_abml.model``, ``tfp_abml.baselines``) can name the same choices without
+either importing the other. ``tfp_abml.run_config`` re-exports them.
+"""
+
+JIT_MODES = ("auto", "on", "off")
+TASK_LOOPS = ("auto", "unrolled", "map_fn", "sequential")  # maml/metasgd: how a meta-batch's tasks are adapted
+METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
+MAML_METHODS = ("maml", "metasgd")  # adapt the whole network per task; --task-loop applies to them
+POSTERIORS = ("paper", "aligned")  # checked by RunConfig without importing TensorFlow; tfp_abml.model builds them
+TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
+LR_SCHEDULES = ("constant", "step", "cosine")
+WEIGHT_CHOICES = ("best", "last")  # which weights of a run tfp_abml.runs.load_run loads
