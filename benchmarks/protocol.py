@@ -1,18 +1,22 @@
 """Every method trained under a published protocol, one CPU budget each, evaluated on the same tasks.
 
     python benchmarks/protocol.py --data-dir ../shared/data --minutes 68
+    python benchmarks/protocol.py --data-dir ../shared/data --minutes 75 --lr-schedule step \
+        --learning-rate abml=1e-3 --tag step
 
 Protocol (Snell et al., 2017, for Omniglot 1-shot): 60-way 1-shot training episodes with 5 queries
-per class, one episode per Adam step at 1e-3 (ProtoNet) or abml's default 3e-4, constant learning
-rate, validated every 100 episodes on 50 validation tasks of the same shape. All methods train at
+per class, one episode per Adam step at 1e-3 (ProtoNet) or abml's default 3e-4 (``--learning-rate
+METHOD=LR`` changes it), a constant learning rate or with ``--lr-schedule step`` Snell et al.'s
+halving every 2,000 episodes, validated every 100 episodes on 50 validation tasks of the same shape;
+evaluation uses the best validation epoch's weights (``best.weights.h5``). All methods train at
 the same time (``training.fit`` in parallel child processes, so that they share the machine alike)
 until ``--minutes`` of wall-clock training, then each is evaluated with ``training.evaluate`` at
 every ``--eval-ways`` (1-shot, 15 queries per class) on ``--tasks`` test tasks of the Vinyals split:
 the same tasks for every method (same seed). A run that has finished (``model.weights.h5``) is not
 trained again: delete its folder to retrain.
 
-Writes ``benchmarks/results/protocol_omniglot_1shot.json`` (commands, episodes, minutes, every
-measure with its 95% interval) and ``protocol_omniglot_1shot_time.png``: validation accuracy per
+Writes ``benchmarks/results/protocol_omniglot_1shot[-TAG].json`` (commands, episodes, minutes, every
+measure with its 95% interval) and ``protocol_omniglot_1shot[-TAG]_time.png``: validation accuracy per
 epoch against wall-clock minutes, every method on one plot.
 """
 
@@ -39,16 +43,29 @@ PROTOCOLS = {"protonet": ["--method", "protonet", *TRAINING], "abml": ["--method
 PUBLISHED = {"protonet": {5: 98.8, 20: 96.0}}  # Snell et al. (2017), Omniglot 1-shot, Vinyals split
 
 
-def fit_command(method, data_dir, minutes, runs_dir):
-    return [sys.executable, "-m", "training.fit", *PROTOCOLS[method], "--max-minutes", str(minutes),
+def fit_command(method, data_dir, minutes, runs_dir, schedule="constant", learning_rates=None):
+    extra = ["--lr-schedule", schedule]
+    if method in (learning_rates or {}):
+        extra += ["--learning-rate", str(learning_rates[method])]
+    return [sys.executable, "-m", "training.fit", *PROTOCOLS[method], *extra, "--max-minutes", str(minutes),
             "--data-dir", str(data_dir), "--output", str(run_dir(runs_dir, method)), "--verbose", "2"]
+
+
+def learning_rate_override(text):
+    method, sep, rate = text.partition("=")
+    if not sep or method not in PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"expected METHOD=RATE with METHOD one of {', '.join(PROTOCOLS)}, got {text!r}")
+    try:
+        return method, float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{rate!r} is not a number (e.g. abml=1e-3)") from None
 
 
 def run_dir(runs_dir, method):
     return pathlib.Path(runs_dir) / f"omniglot-60w1s-{method}"
 
 
-def train_all(methods, data_dir, minutes, runs_dir):
+def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates):
     """Start every unfinished method's training at once; wait for all."""
     children = {}
     for method in methods:
@@ -56,7 +73,7 @@ def train_all(methods, data_dir, minutes, runs_dir):
             print(f"{method}: finished run in {run_dir(runs_dir, method)}, not trained again", flush=True)
             continue
         log = open(pathlib.Path(runs_dir) / f"{method}.log", "a")
-        children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir), cwd=REPO,
+        children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir, schedule, learning_rates), cwd=REPO,
                                             stdout=log, stderr=subprocess.STDOUT)
         print(f"{method}: training for {minutes} min, log in {log.name}", flush=True)
     for method, child in children.items():
@@ -117,23 +134,32 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=68.0, help="wall-clock training budget per method")
     p.add_argument("--tasks", type=int, default=600)
     p.add_argument("--eval-ways", type=int, nargs="+", default=[5, 20])
-    p.add_argument("--runs-dir", default="runs/protocol")
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "step", "cosine"),
+                   help="training.fit --lr-schedule; step: halve every 2,000 episodes (Snell et al.)")
+    p.add_argument("--learning-rate", type=learning_rate_override, action="append", default=[],
+                   metavar="METHOD=RATE", help="a method's Adam learning rate instead of its default")
+    p.add_argument("--tag", default="", help="suffix of the runs folder and the result files")
+    p.add_argument("--runs-dir", default=None, help="default runs/protocol[-TAG]")
     args = p.parse_args(argv)
-    pathlib.Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
-    train_all(args.methods, args.data_dir, args.minutes, args.runs_dir)
+    suffix = f"-{args.tag}" if args.tag else ""
+    runs_dir = args.runs_dir or f"runs/protocol{suffix}"
+    learning_rates = dict(args.learning_rate)
+    pathlib.Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    train_all(args.methods, args.data_dir, args.minutes, runs_dir, args.lr_schedule, learning_rates)
 
     from tfp_abml.checkpointing import read_json, write_json_atomic
 
     results, curves = {}, {}
     for method in args.methods:
-        run = run_dir(args.runs_dir, method)
+        run = run_dir(runs_dir, method)
         history = read_json(run / "history.json", {})
         curves[method] = evaluation_curve(run)
         started = time.perf_counter()
         evaluations = {f"{ways}-way 1-shot": evaluate(method, run, ways, args.tasks, args.data_dir)
                        for ways in args.eval_ways}
         results[method] = {
-            "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, args.runs_dir)[1:]]),
+            "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, runs_dir, args.lr_schedule,
+                                                               learning_rates)[1:]]),
             "epochs": len(history.get("epoch", [])),
             "training_episodes": EPISODES_PER_EPOCH * len(history.get("epoch", [])),
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,
@@ -145,12 +171,13 @@ def main(argv=None):
             print(f"{method:9s} {name}: {100 * s['accuracy']:.2f} +- {100 * s['accuracy_ci95']:.2f}% "
                   f"NLL {s['nll']:.3f} ECE {100 * s['ece']:.2f}% OOD AUROC {s.get('ood_auroc', float('nan')):.3f} "
                   f"({result['weights']})", flush=True)
-    out = RESULTS / "protocol_omniglot_1shot.json"
+    out = RESULTS / f"protocol_omniglot_1shot{suffix}.json"
     write_json_atomic(out, {"command": "python benchmarks/protocol.py " + " ".join(argv or sys.argv[1:]),
                             "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
                             "protocol": __doc__.split("\n\n")[2], "methods": results})
-    plot(curves, RESULTS / "protocol_omniglot_1shot_time.png")
-    print(f"wrote {out} and {RESULTS / 'protocol_omniglot_1shot_time.png'}")
+    figure = RESULTS / f"protocol_omniglot_1shot{suffix}_time.png"
+    plot(curves, figure)
+    print(f"wrote {out} and {figure}")
 
 
 if __name__ == "__main__":
