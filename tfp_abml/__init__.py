@@ -17,8 +17,13 @@ The package is laid out in the order of the method::
     bayesian_head    the Bayesian MLP built from those layers
     inner_loop       K SGD steps on the support loss, differentiable
     model            AmortizedBNN: the keras.Model with train_step / test_step
+    classifier       FewShotClassifier: load a trained model, predict with uncertainty
 
-Importing the package does not import TensorFlow; the submodules do.
+Importing the package does not import TensorFlow; the submodules do (``FewShotClassifier``
+imports it when it loads a model).
 """
 
+from tfp_abml.classifier import FewShotClassifier, Prediction
+
 __version__ = "0.1.0"
+__all__ = ["FewShotClassifier", "Prediction"]

@@ -5,9 +5,15 @@ A subclass implements ``episode(inputs, query_labels, training)``, returning at 
 predictions ``[T, M, N]``); any extra scalars named in ``extra_metrics`` are tracked too.
 This class turns that into ``train_step`` (one outer update with ``tf.GradientTape``),
 ``test_step`` and ``call``, so that methods differ only in how they adapt to a task.
+
+Every subclass is Keras-serialisable without code of its own: its constructor arguments are
+recorded as it is made (Keras objects such as the encoder serialised as Keras objects), so
+``model.save("x.keras")`` and ``keras.saving.load_model("x.keras")`` round-trip every method.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import keras
 import tensorflow as tf
@@ -40,6 +46,10 @@ def mean_nll(probabilities, labels):
     return -tf.reduce_mean(tf.math.log(tf.maximum(picked, 1e-12)))
 
 
+def _is_keras_object(value):
+    return isinstance(value, (keras.layers.Layer, keras.Model))
+
+
 class EpisodicModel(keras.Model):
     """A meta-learner trained on ``({support_images, support_labels, query_images}, query_labels)``."""
 
@@ -47,6 +57,58 @@ class EpisodicModel(keras.Model):
     # Batch norm normalises over all tasks of a meta-batch at once (one encoder call for all of them),
     # so tfp_abml.distribute synchronises it across replicas; False where each task is normalised alone.
     batch_norm_over_meta_batch = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Every method loads from a .keras file by name, e.g. "tfp_abml>AmortizedBNN".
+        keras.saving.register_keras_serializable(package="tfp_abml")(cls)
+
+    def __new__(cls, *args, **kwargs):
+        instance = super().__new__(cls, *args, **kwargs)
+        # Keras's own automatic config skips constructors that take a Keras object (the encoder):
+        # record the arguments here, for get_config.
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(inspect.signature(cls.__init__).parameters)))  # self
+        arguments.update(arguments.pop("kwargs", {}))
+        instance._constructor_arguments = arguments
+        return instance
+
+    def get_config(self):
+        config, keras_objects = {}, []
+        for key, value in self._constructor_arguments.items():
+            if key in ("name", "trainable", "dtype"):
+                continue
+            if _is_keras_object(value):
+                value = keras.saving.serialize_keras_object(value)
+                keras_objects.append(key)
+            elif isinstance(value, tuple):
+                value = list(value)
+            config[key] = value
+        return {**config, "name": self.name, "keras_objects": keras_objects}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in config.pop("keras_objects", []):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    def get_build_config(self):
+        # A task of one example per class at the encoder's input shape creates every variable.
+        height, width, channels = self.encoder.input_shape[1:]
+        return {"image_shape": [int(height), int(width), int(channels)]}
+
+    def build_from_config(self, config):
+        self(self.example_inputs(config["image_shape"]))
+
+    def example_inputs(self, image_shape=None):
+        """A one-task batch of zeros, one support and one query image per class: creates the variables."""
+        shape = tuple(image_shape or self.encoder.input_shape[1:])
+        images = tf.zeros((1, self.ways, *shape))
+        return {"support_images": images, "support_labels": tf.range(self.ways, dtype=tf.int32)[None],
+                "query_images": images}
 
     def __init__(self, ways, **kwargs):
         super().__init__(**kwargs)

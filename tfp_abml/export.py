@@ -9,7 +9,10 @@ The ``serving_default`` signature takes a whole task:
 * ``support_labels`` int32 ``[N*K]``, every label 0..N-1 present, N the trained ways;
 
 and returns ``probabilities`` float32 ``[M, N]``: for the Bayesian model the posterior predictive
-over the model's ``eval_samples`` draws. Resizing to the encoder's size happens inside. A
+over the model's ``eval_samples`` draws. The Bayesian model has a second signature,
+``posterior_draws``, with the same inputs and ``sample_probabilities`` ``[S, M, N]``, one row
+set per draw (for the epistemic uncertainty); every model has ``metadata``: no inputs, and the
+``ways``, ``image_size``, ``channels``, ``max_request_images`` and ``method`` it serves. Resizing to the encoder's size happens inside. A
 malformed request fails with an ``InvalidArgumentError`` that says what is wrong, before anything
 is computed from it (see ``checked_request``); a wrong dtype is refused by the signature itself.
 
@@ -134,6 +137,32 @@ def serving_function(model, image_size):
     return serve
 
 
+def draws_function(model, image_size):
+    """The ``posterior_draws`` function: ``[S, M, N]`` query probabilities, one per posterior draw
+    (their mean is ``serving_default``'s answer), for models with ``predictive_draws``."""
+    ways = model.ways
+    channels = model.encoder.input_shape[-1]
+
+    def draws(support_images, support_labels, query_images):
+        support_images, support_labels, query_images = checked_request(support_images, support_labels,
+                                                                       query_images, ways)
+        inputs = {"support_images": _at_size(support_images, image_size, channels, "support_images")[None],
+                  "support_labels": support_labels[None],
+                  "query_images": _at_size(query_images, image_size, channels, "query_images")[None]}
+        return {"sample_probabilities": model.predictive_draws(inputs)[:, 0]}
+
+    return draws
+
+
+def metadata_function(model, image_size):
+    """The ``metadata`` function: what a client needs to know to send a task (no inputs)."""
+    values = {"ways": tf.constant(model.ways, tf.int32), "image_size": tf.constant(int(image_size), tf.int32),
+              "channels": tf.constant(int(model.encoder.input_shape[-1]), tf.int32),
+              "max_request_images": tf.constant(MAX_REQUEST_IMAGES, tf.int32),
+              "method": tf.constant(type(model).__name__)}
+    return lambda: dict(values)
+
+
 def check_output(path):
     """Refuse an export path that is a file, or a folder other than an earlier export.
 
@@ -157,6 +186,10 @@ def export_saved_model(model, image_size, path):
     archive.track(model)
     archive.add_endpoint(name="serving_default", fn=serving_function(model, image_size),
                          input_signature=INPUT_SIGNATURE)
+    if hasattr(model, "predictive_draws"):
+        archive.add_endpoint(name="posterior_draws", fn=draws_function(model, image_size),
+                             input_signature=INPUT_SIGNATURE)
+    archive.add_endpoint(name="metadata", fn=metadata_function(model, image_size), input_signature=[])
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         archive.write_out(str(staging / "model"), verbose=False)

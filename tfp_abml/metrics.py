@@ -8,7 +8,8 @@ All functions take numpy arrays: ``probabilities [..., N]`` (rows sum to 1) and 
 * Brier score ``mean sum_n (p_n - [y = n])^2`` (0 perfect, 2 worst);
 * expected calibration error (Guo et al., 2017) over ``bins`` equal-width confidence bins,
   ``sum_b |B_b| / n * |acc(B_b) - conf(B_b)|`` with confidence = max probability;
-* AUROC of a score separating two groups (Mann-Whitney U, ties counted half).
+* AUROC of a score separating two groups (Mann-Whitney U, ties counted half);
+* predictive entropy and, from posterior draws, mutual information (the epistemic part).
 """
 
 from __future__ import annotations
@@ -61,7 +62,19 @@ def auroc(positive_scores, negative_scores):
 
 
 def entropy(probabilities):
+    """Predictive entropy ``-sum_n p_n log p_n`` in nats (0: certain; log N: uniform)."""
     return -np.sum(probabilities * np.log(np.maximum(probabilities, 1e-12)), axis=-1)
+
+
+def mutual_information(draws):
+    """Mutual information between the prediction and the weights, from ``[S, ..., N]`` draws.
+
+    ``H(mean_s p_s) - mean_s H(p_s)`` (Houlsby et al., 2011; Depeweg et al., 2018): the part of
+    the predictive entropy that comes from disagreement between posterior draws, the epistemic
+    uncertainty. 0 when every draw predicts alike; at most ``log N``. Floored at 0 against round-off.
+    """
+    draws = np.asarray(draws, np.float64)
+    return np.maximum(entropy(draws.mean(axis=0)) - entropy(draws).mean(axis=0), 0.0)
 
 
 def summarize(probabilities, labels):

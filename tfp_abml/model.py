@@ -185,9 +185,19 @@ class AmortizedBNN(EpisodicModel):
 
     def predictive(self, params, query_embeddings, samples):
         """Posterior-predictive probabilities ``[T, M, N]``: mean softmax over ``samples`` draws."""
-        draws = [tf.nn.softmax(self.head(query_embeddings, params, seed=self.flipout_seed))
-                 for _ in range(max(int(samples), 1))]
-        return tf.add_n(draws) / float(len(draws))
+        return tf.reduce_mean(self.draws(params, query_embeddings, samples), axis=0)
+
+    def draws(self, params, query_embeddings, samples):
+        """Query probabilities ``[S, T, M, N]`` under ``samples`` Flipout draws from the posterior."""
+        return tf.stack([tf.nn.softmax(self.head(query_embeddings, params, seed=self.flipout_seed))
+                         for _ in range(max(int(samples), 1))])
+
+    def predictive_draws(self, inputs, samples=None):
+        """Query probabilities ``[S, T, M, N]``, one per posterior draw, after adapting to the support
+        set: their mean is the posterior predictive; how they disagree is the epistemic uncertainty
+        (mutual information, :func:`tfp_abml.metrics.mutual_information`)."""
+        params, query_embeddings = self._adapt_and_embed_queries(inputs, training=False)
+        return self.draws(params, query_embeddings, samples or self.eval_samples)
 
     def _adapt_and_embed_queries(self, inputs, training):
         # One encoder call for support and query: one set of batch-norm statistics.

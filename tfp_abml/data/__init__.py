@@ -8,5 +8,7 @@ Omniglot: ``omniglot`` (reader) -> ``splits`` (Vinyals or Lake classes); miniIma
 from tfp_abml.data.pipeline import DATASETS, episode_dataset, make_sampler
 from tfp_abml.data.sampling import EpisodeSampler
 from tfp_abml.data.splits import ClassImages, omniglot_split
+from tfp_abml.data.tasks import omniglot_task
 
-__all__ = ["DATASETS", "ClassImages", "EpisodeSampler", "episode_dataset", "make_sampler", "omniglot_split"]
+__all__ = ["DATASETS", "ClassImages", "EpisodeSampler", "episode_dataset", "make_sampler", "omniglot_split",
+           "omniglot_task"]

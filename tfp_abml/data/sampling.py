@@ -41,6 +41,10 @@ class EpisodeSampler:
         self.seed = int(seed)
 
     def sample(self, index):
+        return self.sample_with_classes(index)[0]
+
+    def sample_with_classes(self, index):
+        """``(sample(index), classes)``: the episode and the split's class index of each label 0..N-1."""
         rng = np.random.default_rng([self.seed, _whole("episode index", index, 0)])
         classes = rng.choice(self.images.shape[0], self.ways, replace=False)
         # Row n of `picks` holds the examples of the class that gets label n.
@@ -50,7 +54,7 @@ class EpisodeSampler:
         labels = np.repeat(np.arange(self.ways, dtype=np.int32), self.shots + self.queries).reshape(self.ways, -1)
         k = self.shots
         flat = lambda a: a.reshape((-1,) + a.shape[2:])
-        return (flat(episode[:, :k]), flat(labels[:, :k]), flat(episode[:, k:]), flat(labels[:, k:]))
+        return (flat(episode[:, :k]), flat(labels[:, :k]), flat(episode[:, k:]), flat(labels[:, k:])), classes
 
 
 def _whole(name, value, least):
