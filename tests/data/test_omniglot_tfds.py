@@ -102,3 +102,23 @@ def test_builder_without_archives_says_where_to_get_them(tmp_path, omniglot_loca
     (tmp_path / "manual" / "README").write_text("not the archives")
     with pytest.raises(UserInputError, match=r"missing images_background.zip, images_evaluation.zip"):
         builder.download_and_prepare(download_config=config(tmp_path / "manual"))
+
+
+def test_processes_started_together_prepare_once_and_all_succeed(tmp_path, data_dir):
+    """Two training runs started at once on a fresh machine: before the lock the second failed
+    renaming its prepared copy onto the first's ("Destination ... already exists")."""
+    import os
+    import subprocess
+    import sys
+
+    folder = _subset(tmp_path / "archives", data_dir, 3)
+    env = dict(os.environ, TFP_ABML_TFDS_DIR=str(tmp_path / "fresh_tfds"))
+    code = (f"from tfp_abml.data.tfds_builders import omniglot_local; "
+            f"import pathlib; print(omniglot_local.prepare(pathlib.Path({str(folder)!r})).info.splits['train'].num_examples)")
+    children = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [child.communicate(timeout=600) + (child.returncode,) for child in children]
+    for out, err, code_ in results:
+        assert code_ == 0, err[-2000:]
+        assert out.split()[-1] == str(3 * omniglot.DRAWERS)
+    assert sum("Preparing" in err for _, err, _ in results) == 1  # one prepared, the others reused its copy

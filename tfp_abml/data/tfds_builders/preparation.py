@@ -14,6 +14,7 @@ The TFDS data dir is ``$TFP_ABML_TFDS_DIR`` if set, else TFDS's own default
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -79,7 +80,31 @@ def prepared_builder(builder_class, manual_dir, source_digest, description):
     finally:
         absl_logger.setLevel(level)
     if not prepared:
-        print(f"Preparing {description} through TFDS into {builder.data_dir} (once; later runs reuse it)",
-              file=sys.stderr, flush=True)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        # Two processes started at once on a fresh machine (two training runs, a benchmark's
+        # children) would both prepare, and the second to finish failed renaming its copy onto
+        # the first's (measured). One prepares under a lock; the others wait, then reuse its copy.
+        with _preparation_lock(pathlib.Path(builder.data_dir).parent):
+            builder = builder_class(data_dir=tfds_dir(), config=config)
+            if not builder.is_prepared():
+                print(f"Preparing {description} through TFDS into {builder.data_dir} (once; later runs reuse it)",
+                      file=sys.stderr, flush=True)
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return builder
+
+
+@contextlib.contextmanager
+def _preparation_lock(folder):
+    """An exclusive ``flock`` on ``folder/.prepare.lock`` (POSIX); no lock where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no concurrent-preparation guard
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".prepare.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
