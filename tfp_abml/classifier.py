@@ -226,7 +226,18 @@ class _SavedModelBackend:
                 return samples.mean(axis=0), samples
             return self.loaded.signatures["serving_default"](**inputs)["probabilities"].numpy(), None
         except tf.errors.InvalidArgumentError as err:
-            raise UserInputError(f"{self.source} refused the task: {err.message.splitlines()[0]}") from None
+            raise UserInputError(f"{self.source} refused the task: {_assertion_message(err.message)}") from None
+
+
+def _assertion_message(message):
+    """The check's own words from a graph's InvalidArgumentError ("assertion failed: [words] ...")."""
+    import re
+
+    found = re.search(r"assertion failed: \[([^\]]+)\]", message)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else message
 
 
 class FewShotClassifier:
