@@ -75,6 +75,7 @@ class AmortizedBNN(EpisodicModel):
         ``len(hidden_units) + 1`` layers, one LSTM step each.
       noise_dim: size of the Gaussian noise fed to the LSTM at every step.
       inner_steps, inner_lr: K and the step size of inner SGD (paper: 1 at 1.0, or 5 at 0.5).
+      eval_inner_steps: K in evaluation and prediction (None: ``inner_steps``).
       kl_scale: weight of ``KL(q || N(0, I))`` in the outer loss.
       first_order: drop second-order terms of the inner loop.
       eval_samples: Flipout draws averaged for evaluation and prediction.
@@ -96,13 +97,14 @@ class AmortizedBNN(EpisodicModel):
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
                  kl_scale=1e-6, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
                  transductive_batch_norm=True, task_encoder=None, task_encoding="concat", posterior="paper",
-                 learn_inner_lr=False, seed=None, **kwargs):
+                 learn_inner_lr=False, seed=None, eval_inner_steps=None, **kwargs):
         super().__init__(ways, **kwargs)
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
         self.posterior_kind = posterior
         self.encoder = encoder
         self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
+        self.eval_inner_steps = int(inner_steps if eval_inner_steps is None else eval_inner_steps)
         self.kl_scale, self.first_order = float(kl_scale), bool(first_order)
         self.eval_samples = int(eval_samples)
         self.transductive_batch_norm = bool(transductive_batch_norm)
@@ -175,12 +177,13 @@ class AmortizedBNN(EpisodicModel):
             return self.inner_lr
         return [tf.exp(log_lr) for log_lr in self.inner_log_lrs]
 
-    def adapted_posterior(self, support_embeddings, support_labels):
-        """Posterior after the inner loop: list of DenseParams, one per BNN layer."""
+    def adapted_posterior(self, support_embeddings, support_labels, steps=None):
+        """Posterior after ``steps`` (default ``inner_steps``) inner SGD steps: list of DenseParams, one per layer."""
         initial = BayesianMLP.flatten(self.initial_posterior(support_embeddings, support_labels))
         adapted = sgd_adapt(initial, lambda flat: self.support_loss(BayesianMLP.unflatten(flat), support_embeddings,
                                                                     support_labels),
-                            self.inner_steps, self.inner_learning_rates(), self.first_order)
+                            self.inner_steps if steps is None else steps, self.inner_learning_rates(),
+                            self.first_order)
         return BayesianMLP.unflatten(adapted)
 
     def predictive(self, params, query_embeddings, samples):
@@ -203,7 +206,8 @@ class AmortizedBNN(EpisodicModel):
         # One encoder call for support and query: one set of batch-norm statistics.
         embeddings = self.embed(tf.concat([inputs["support_images"], inputs["query_images"]], axis=1), training)
         support_embeddings, query_embeddings = split_support_query(embeddings, inputs)
-        params = self.adapted_posterior(support_embeddings, tf.cast(inputs["support_labels"], tf.int32))
+        params = self.adapted_posterior(support_embeddings, tf.cast(inputs["support_labels"], tf.int32),
+                                        self.inner_steps if training else self.eval_inner_steps)
         return params, query_embeddings
 
     def episode(self, inputs, query_labels, training):

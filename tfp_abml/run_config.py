@@ -27,9 +27,26 @@ DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd"
 
 STEP_DECAY_FACTOR = 0.5  # --lr-schedule step: halved every --lr-decay-episodes (Snell et al., 2017)
 
+# Inner loop and meta-batch per method when not given (None), as each method's paper trained on
+# Omniglot. MAML (Finn et al., 2017, appendix A.1): 5-way, 1 inner step at 0.4, meta-batch 32 and
+# 3 steps at test; 20-way, 5 steps at 0.1, meta-batch 16 (the same 5 at test). Meta-SGD (Li et al.,
+# 2017): MAML's setting with one learned-rate step, at training and at test. abml (the paper: 5
+# steps at 0.5), ProtoNet and Matching Networks (no inner loop): the package's earlier defaults.
+def method_defaults(method, train_ways):
+    """``{"inner_steps", "inner_lr", "meta_batch", "eval_inner_steps"}`` for ``method`` trained ``train_ways``-way
+    (``eval_inner_steps`` None: as in training)."""
+    if method in MAML_METHODS:
+        wide = train_ways > 5  # the 20-way setting
+        steps = 5 if (wide and method == "maml") else 1
+        eval_steps = steps if (wide or method == "metasgd") else 3
+        return {"inner_steps": steps, "inner_lr": 0.1 if wide else 0.4, "meta_batch": 16 if wide else 32,
+                "eval_inner_steps": eval_steps}
+    return {"inner_steps": 5, "inner_lr": 0.5, "meta_batch": 4, "eval_inner_steps": None}
+
+
 # Settings that may change when a run is resumed: how long to train, where the data lives, and
 # MAML's task loop (it changes how the graph is built, not what it computes; tests/baselines).
-RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop")
+RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop", "eval_inner_steps")
 
 
 def check_weights_file(path, flag="--encoder-weights"):
@@ -68,14 +85,15 @@ class RunConfig:
     learn_inner_lr: bool | None = None  # abml: one learned inner step size per posterior tensor
     task_encoding: str | None = None  # abml: "concat" (paper: class means in random order) or "pool"
     noise_dim: int = 32
-    inner_steps: int = 5
-    inner_lr: float = 0.5
+    inner_steps: int | None = None  # None: method_defaults (abml 5; maml 1 at 5-way, 5 at 20-way)
+    inner_lr: float | None = None  # None: method_defaults (abml 0.5; maml 0.4 at 5-way, 0.1 at 20-way)
+    eval_inner_steps: int | None = None  # inner steps in evaluation and serving; None: as in training
     kl_scale: float = 1e-6
     first_order: bool = False
     task_loop: str = "auto"  # maml/metasgd: "unrolled", "map_fn", "sequential", or auto (resolved_task_loop)
     initial_scale: float = 0.01
     eval_samples: int = 10
-    meta_batch: int = 4
+    meta_batch: int | None = None  # None: method_defaults (4; maml/metasgd 32 at 5-way, 16 at 20-way)
     learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE[method]
     lr_schedule: str = "constant"  # LR_SCHEDULES, over optimizer steps (checkpointed, so a resume continues it)
     lr_decay_episodes: int = 2000  # step: halve every this many training episodes; cosine: decay to 0 over them
@@ -87,6 +105,16 @@ class RunConfig:
     data_dir: str | None = None
 
     def __post_init__(self):
+        # Unset inner-loop settings and meta-batch follow the method's paper (method_defaults).
+        train_ways = self.train_ways if isinstance(self.train_ways, int) else self.ways
+        defaults = method_defaults(self.method, train_ways if isinstance(train_ways, int) else 5)
+        # The paper's test-time steps go with its training steps; steps of one's own apply to both.
+        if self.eval_inner_steps is None and self.inner_steps is None and \
+                defaults["eval_inner_steps"] != defaults["inner_steps"]:
+            self.eval_inner_steps = defaults["eval_inner_steps"]
+        for name in ("inner_steps", "inner_lr", "meta_batch"):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name])
         # Unset abml options follow the posterior: "aligned" gets what the ablation kept (pooled task
         # encoding, learned inner step sizes; benchmarks/results/ablation_omniglot_5w1s.md), "paper"
         # gets the paper's method unchanged.
@@ -135,6 +163,8 @@ class RunConfig:
         positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
                     "eval_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1, "val_tasks": 0,
                     "lr_decay_episodes": 1}
+        if self.eval_inner_steps is not None:
+            positive["eval_inner_steps"] = 0
         for name, least in positive.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -178,6 +208,11 @@ class RunConfig:
             return f"{self.method} has an N-way output layer"
         return ("abml's posterior depends on N unless --posterior aligned with --task-encoding pool "
                 f"(this run: --posterior {self.posterior}, --task-encoding {self.task_encoding})")
+
+    @property
+    def resolved_eval_inner_steps(self):
+        """Inner steps in evaluation and serving: ``eval_inner_steps``, else the training ones."""
+        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
 
     @property
     def resolved_train_ways(self):
@@ -290,9 +325,11 @@ class RunConfig:
         if self.method in MAML_METHODS:
             cls = baselines.MAML if self.method == "maml" else baselines.MetaSGD
             return cls(encoder, self.ways, inner_steps=self.inner_steps, inner_lr=self.inner_lr,
-                       first_order=self.first_order, task_loop=self.resolved_task_loop)
+                       first_order=self.first_order, task_loop=self.resolved_task_loop,
+                       eval_inner_steps=self.resolved_eval_inner_steps)
         return AmortizedBNN(encoder, self.ways, hidden_units=self.hidden_units, noise_dim=self.noise_dim,
-                            inner_steps=self.inner_steps, inner_lr=self.inner_lr, kl_scale=self.kl_scale,
+                            inner_steps=self.inner_steps, eval_inner_steps=self.resolved_eval_inner_steps,
+                            inner_lr=self.inner_lr, kl_scale=self.kl_scale,
                             first_order=self.first_order, eval_samples=self.eval_samples,
                             initial_scale=self.initial_scale, posterior=self.posterior,
                             learn_inner_lr=self.learn_inner_lr, task_encoding=self.task_encoding, seed=self.seed)

@@ -76,8 +76,14 @@ def build_parser():
     model.add_argument("--noise-dim", type=int, default=_DEFAULTS.noise_dim, help="LSTM noise input size")
     model.add_argument("--initial-scale", type=float, default=_DEFAULTS.initial_scale,
                        help="posterior scale of every BNN weight at initialisation")
-    model.add_argument("--inner-steps", type=int, default=_DEFAULTS.inner_steps, help="inner SGD steps (paper: 1 or 5)")
-    model.add_argument("--inner-lr", type=float, default=_DEFAULTS.inner_lr, help="inner SGD lr (paper: 1.0 or 0.5)")
+    model.add_argument("--inner-steps", type=int, default=None,
+                       help="inner SGD steps in training; default per method's paper: abml 5; maml 1 (5-way) or "
+                            "5 (20-way); metasgd 1")
+    model.add_argument("--inner-lr", type=float, default=None,
+                       help="inner SGD step size; default: abml 0.5; maml/metasgd 0.4 (5-way) or 0.1 (20-way)")
+    model.add_argument("--eval-inner-steps", type=int, default=None,
+                       help="inner SGD steps in evaluation and serving; default as in training, except maml "
+                            "5-way with its default steps: 3 (Finn et al., 2017)")
     model.add_argument("--first-order", action="store_true", help="drop second-order terms of the inner loop")
     model.add_argument("--task-loop", default=_DEFAULTS.task_loop, choices=TASK_LOOPS,
                        help="maml/metasgd: adapt a meta-batch's tasks unrolled in the graph, in a tf.map_fn, or "
@@ -90,7 +96,8 @@ def build_parser():
     model.add_argument("--eval-samples", type=int, default=_DEFAULTS.eval_samples,
                        help="posterior samples averaged at validation")
     train = p.add_argument_group("training")
-    train.add_argument("--meta-batch", type=int, default=_DEFAULTS.meta_batch, help="tasks per outer update")
+    train.add_argument("--meta-batch", type=int, default=None,
+                       help="tasks per outer update; default 4, maml/metasgd 32 (5-way) or 16 (20-way, their papers)")
     train.add_argument("--learning-rate", type=float, default=None,
                        help="outer Adam lr; default 3e-4 for abml, 1e-3 for the baselines")
     train.add_argument("--lr-schedule", default=_DEFAULTS.lr_schedule, choices=LR_SCHEDULES,

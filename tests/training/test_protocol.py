@@ -160,3 +160,60 @@ def test_a_maml_run_refuses_other_ways(tmp_path, data_dir, capsys):
     write_json_atomic(run / "config.json", RunConfig(method="maml", ways=5, data_dir=str(data_dir)).to_dict())
     assert evaluate.main(["--run", str(run), "--ways", "20"]) == 2
     assert "was trained 5-way and maml has an N-way output layer: evaluate with --ways 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, expected", [
+    # (given, (inner_steps, inner_lr, meta_batch, steps in evaluation)): Finn et al. (2017), A.1; Li et al. (2017)
+    (dict(method="maml"), (1, 0.4, 32, 3)),
+    (dict(method="maml", ways=20), (5, 0.1, 16, 5)),
+    (dict(method="metasgd"), (1, 0.4, 32, 1)),
+    (dict(method="metasgd", ways=20), (1, 0.1, 16, 1)),
+    (dict(method="maml", inner_steps=2), (2, 0.4, 32, 2)),  # one's own steps apply at test too
+    (dict(method="maml", eval_inner_steps=7), (1, 0.4, 32, 7)),
+    (dict(method="abml"), (5, 0.5, 4, 5)),
+    (dict(method="protonet", meta_batch=8), (5, 0.5, 8, 5)),
+])
+def test_maml_and_metasgd_default_to_their_papers_settings(settings, expected):
+    config = RunConfig(**settings).validate()
+    assert (config.inner_steps, config.inner_lr, config.meta_batch, config.resolved_eval_inner_steps) == expected
+    again = RunConfig.from_dict(config.to_dict())  # config.json keeps what was resolved
+    assert again.to_dict() == config.to_dict()
+
+
+def test_a_config_from_before_eval_inner_steps_evaluates_as_it_trained():
+    old = {k: v for k, v in RunConfig(method="maml", inner_steps=1, inner_lr=0.4, meta_batch=4).to_dict().items()
+           if k != "eval_inner_steps"}
+    assert RunConfig.from_dict(old).resolved_eval_inner_steps == 1
+
+
+@pytest.mark.parametrize("method", ["maml", "abml"])
+def test_evaluation_adapts_with_eval_inner_steps_and_training_with_inner_steps(method):
+    """The model with 1 training step and 3 evaluation steps predicts, outside training, what the same
+    weights predict with 3 steps everywhere; in training, what they predict with 1 step."""
+    import tensorflow as tf
+
+    base = dict(method=method, ways=3, shots=1, queries=2, inner_lr=0.1, seed=0, eval_samples=2, meta_batch=1)
+    two_kinds = RunConfig(**base, inner_steps=1, eval_inner_steps=3).validate().build_model()
+    three = RunConfig(**base, inner_steps=3).validate().build_model()
+    one = RunConfig(**base, inner_steps=1).validate().build_model()
+    images = tf.constant(np.random.default_rng(0).random((1, 6, 28, 28, 1)), tf.float32)
+    task = {"support_images": images[:, :3], "support_labels": tf.constant([[0, 1, 2]]), "query_images": images[:, 3:]}
+    for model in (two_kinds, three, one):
+        model(task)
+    if method == "maml":
+        outputs = lambda model, training: model.logits(task, training=training).numpy()
+    else:  # the posterior means after adaptation: no Flipout draws to align
+        outputs = lambda model, training: model.adapted_posterior(
+            model.embed(images, training)[:, :3], task["support_labels"],
+            model.inner_steps if training else model.eval_inner_steps)[-1].kernel_loc.numpy()
+
+    def pair(other, training):  # same weights and random streams (abml's noise) before each comparison
+        other.set_weights(two_kinds.get_weights())
+        streams = lambda model: [v for v in model.variables if v.path.endswith("seed_generator_state")]
+        for mine, theirs in zip(streams(other), streams(two_kinds)):  # not among get_weights()
+            mine.assign(theirs)
+        return outputs(two_kinds, training), outputs(other, training)
+
+    np.testing.assert_allclose(*pair(three, False), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(*pair(one, True), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(*pair(one, False), rtol=1e-5, atol=1e-6)

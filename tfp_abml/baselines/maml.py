@@ -50,8 +50,10 @@ class MAML(LogitModel):
     batch_norm_over_meta_batch = False  # one network call per task: batch norm sees one task at a time
 
     def __init__(self, encoder, ways, inner_steps=5, inner_lr=0.4, first_order=False, task_loop="unrolled",
-                 **kwargs):
+                 eval_inner_steps=None, **kwargs):
         super().__init__(ways, **kwargs)
+        # Steps at evaluation and serving (MAML's paper: 3 at test after 1 in training, 5-way); None: as training.
+        self.eval_inner_steps = int(inner_steps if eval_inner_steps is None else eval_inner_steps)
         if task_loop not in TASK_LOOPS:
             raise ValueError(f"task_loop must be one of {', '.join(TASK_LOOPS)}, not {task_loop!r}")
         self.encoder = encoder
@@ -71,25 +73,27 @@ class MAML(LogitModel):
         logits, _ = self.network.stateless_call(weights, state, images, training=True)
         return logits
 
-    def _adapt(self, support_images, support_labels):
+    def _adapt(self, support_images, support_labels, training=True):
         def support_loss(weights):
             logits = self._logits(weights, support_images)
             return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=support_labels, logits=logits))
 
         initial = [v.value for v in self.network.trainable_variables]
-        return sgd_adapt(initial, support_loss, self.inner_steps, self.inner_learning_rates(), self.first_order)
+        steps = self.inner_steps if training else self.eval_inner_steps
+        return sgd_adapt(initial, support_loss, steps, self.inner_learning_rates(), self.first_order)
 
-    def _task_logits(self, task):
+    def _task_logits(self, task, training=True):
         support_images, support_labels, query_images = task
-        return self._logits(self._adapt(support_images, support_labels), query_images)
+        return self._logits(self._adapt(support_images, support_labels, training), query_images)
 
     def logits(self, inputs, training=False):
-        """Query logits ``[T, M, N]``, each task with its own adapted weights."""
+        """Query logits ``[T, M, N]``, each task with its own adapted weights (``eval_inner_steps`` unless training)."""
         tasks = (inputs["support_images"], tf.cast(inputs["support_labels"], tf.int32), inputs["query_images"])
         if self.task_loop in ("map_fn", "sequential"):  # "sequential" differs in train_step only
-            return tf.map_fn(self._task_logits, tasks, fn_output_signature=tf.as_dtype(self.network.compute_dtype))
+            return tf.map_fn(lambda task: self._task_logits(task, training), tasks,
+                             fn_output_signature=tf.as_dtype(self.network.compute_dtype))
         # Unrolled: the meta-batch size must be static, as it is in training and export.
-        return tf.stack([self._task_logits([part[t] for part in tasks]) for t in range(tasks[0].shape[0])])
+        return tf.stack([self._task_logits([part[t] for part in tasks], training) for t in range(tasks[0].shape[0])])
 
     def train_step(self, data):
         if self.task_loop != "sequential":
@@ -121,9 +125,10 @@ class MAML(LogitModel):
 class MetaSGD(MAML):
     """MAML with a learned inner learning rate per weight (initialised at ``inner_lr``)."""
 
-    def __init__(self, encoder, ways, inner_steps=1, inner_lr=0.4, first_order=False, task_loop="unrolled", **kwargs):
+    def __init__(self, encoder, ways, inner_steps=1, inner_lr=0.4, first_order=False, task_loop="unrolled",
+                 eval_inner_steps=None, **kwargs):
         super().__init__(encoder, ways, inner_steps=inner_steps, inner_lr=inner_lr, first_order=first_order,
-                         task_loop=task_loop, **kwargs)
+                         task_loop=task_loop, eval_inner_steps=eval_inner_steps, **kwargs)
         # One attribute per rate, not a list, so that tf.train.Checkpoint sees them (see AmortizedBNN).
         self.learning_rate_count = len(self.network.trainable_variables)
         for i, v in enumerate(self.network.trainable_variables):
