@@ -2,13 +2,16 @@
 
     python benchmarks/protocol.py --data-dir ../shared/data --minutes 68
     python benchmarks/protocol.py --data-dir ../shared/data --minutes 75 --lr-schedule step \
-        --learning-rate abml=1e-3 --tag step
+        --learning-rate abml=1e-3 --tag step --methods protonet abml
+    python benchmarks/protocol.py --data-dir ../shared/data --minutes 50 --tag maml --methods maml
 
 Protocol (Snell et al., 2017, for Omniglot 1-shot): 60-way 1-shot training episodes with 5 queries
 per class, one episode per Adam step at 1e-3 (ProtoNet) or abml's default 3e-4 (``--learning-rate
 METHOD=LR`` changes it), a constant learning rate or with ``--lr-schedule step`` Snell et al.'s
 halving every 2,000 episodes, validated every 100 episodes on 50 validation tasks of the same shape;
-evaluation uses the best validation epoch's weights (``best.weights.h5``). All methods train at
+evaluation uses the best validation epoch's weights (``best.weights.h5``). MAML (Finn et al., 2017,
+appendix A.1) trains on 5-way 1-shot tasks with one query per class, meta-batch 32, one inner step
+at 0.4 (three at test), Adam at 1e-3, validated every 640 episodes on 128 tasks. All methods train at
 the same time (``training.fit`` in parallel child processes, so that they share the machine alike)
 until ``--minutes`` of wall-clock training, then each is evaluated with ``training.evaluate`` at
 every ``--eval-ways`` (1-shot, 15 queries per class) on ``--tasks`` test tasks of the Vinyals split:
@@ -38,9 +41,26 @@ RESULTS = REPO / "benchmarks" / "results"
 # The training task shape and schedule of each method's protocol (flags of training.fit).
 TRAINING = ["--ways", "60", "--shots", "1", "--queries", "5", "--meta-batch", "1", "--epochs", "1000",
             "--steps-per-epoch", "100", "--val-tasks", "50"]
-EPISODES_PER_EPOCH = int(TRAINING[TRAINING.index("--steps-per-epoch") + 1])  # meta-batch 1
-PROTOCOLS = {"protonet": ["--method", "protonet", *TRAINING], "abml": ["--method", "abml", *TRAINING]}
-PUBLISHED = {"protonet": {5: 98.8, 20: 96.0}}  # Snell et al. (2017), Omniglot 1-shot, Vinyals split
+# MAML (Finn et al., 2017, A.1; their code): 5-way 1-shot tasks with one query per class, and
+# training.fit's maml defaults, which are the paper's: meta-batch 32, 1 inner step at 0.4, 3 at test.
+MAML_TRAINING = ["--method", "maml", "--ways", "5", "--shots", "1", "--queries", "1", "--epochs", "1000",
+                 "--steps-per-epoch", "20", "--val-tasks", "128"]
+PROTOCOLS = {"protonet": ["--method", "protonet", *TRAINING], "abml": ["--method", "abml", *TRAINING],
+             "maml": MAML_TRAINING}
+# Ways a trained model can be evaluated at (None: any; maml has a 5-way output layer).
+SERVES = {"maml": [5]}
+PUBLISHED = {"protonet": {5: 98.8, 20: 96.0}, "maml": {5: 98.7}}  # Snell et al. (2017); Finn et al. (2017)
+
+
+def episodes_per_epoch(method):
+    flags = PROTOCOLS[method]
+    meta_batch = int(flags[flags.index("--meta-batch") + 1]) if "--meta-batch" in flags else 32  # maml's default
+    return meta_batch * int(flags[flags.index("--steps-per-epoch") + 1])
+
+
+def training_ways(method):
+    flags = PROTOCOLS[method]
+    return int(flags[flags.index("--ways") + 1])
 
 
 def fit_command(method, data_dir, minutes, runs_dir, schedule="constant", learning_rates=None):
@@ -62,7 +82,7 @@ def learning_rate_override(text):
 
 
 def run_dir(runs_dir, method):
-    return pathlib.Path(runs_dir) / f"omniglot-60w1s-{method}"
+    return pathlib.Path(runs_dir) / f"omniglot-{training_ways(method)}w1s-{method}"
 
 
 def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates):
@@ -156,12 +176,12 @@ def main(argv=None):
         curves[method] = evaluation_curve(run)
         started = time.perf_counter()
         evaluations = {f"{ways}-way 1-shot": evaluate(method, run, ways, args.tasks, args.data_dir)
-                       for ways in args.eval_ways}
+                       for ways in args.eval_ways if ways in SERVES.get(method, [ways])}
         results[method] = {
             "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, runs_dir, args.lr_schedule,
                                                                learning_rates)[1:]]),
             "epochs": len(history.get("epoch", [])),
-            "training_episodes": EPISODES_PER_EPOCH * len(history.get("epoch", [])),
+            "training_episodes": episodes_per_epoch(method) * len(history.get("epoch", [])),
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,
             "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
             "evaluation_seconds": time.perf_counter() - started, "published": PUBLISHED.get(method, {}),
