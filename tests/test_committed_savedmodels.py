@@ -33,3 +33,18 @@ def test_committed_model_classifies_test_tasks(setting, data_dir):
         correct.append(probabilities.argmax(axis=1) == q_lab)
     # benchmarks/results: 89% to 98% on 600 tasks; chance is 20% (5-way) or 5% (20-way)
     assert np.mean(correct) > 0.7
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_committed_model_says_what_it_serves_and_gives_its_posterior_draws(setting):
+    loaded = tf.saved_model.load(str(REPO / "savedmodels" / f"omniglot-{setting}" / "1"))
+    meta = {key: value.numpy() for key, value in loaded.signatures["metadata"]().items()}
+    assert (int(meta["ways"]), int(meta["image_size"]), int(meta["channels"])) == (SETTINGS[setting][0], 28, 1)
+    assert meta["method"] == b"AmortizedBNN"
+    ways = SETTINGS[setting][0]
+    images = tf.random.stateless_uniform((2 * ways, 28, 28, 1), seed=(1, 2))
+    draws = loaded.signatures["posterior_draws"](support_images=images[:ways], support_labels=tf.range(ways),
+                                                 query_images=images[ways:])["sample_probabilities"].numpy()
+    assert draws.shape == (10, ways, ways)  # 10 posterior draws per request
+    np.testing.assert_allclose(draws.sum(-1), 1.0, rtol=1e-5)
+    assert not np.allclose(draws[0], draws[1])  # the draws differ: a posterior, not one network
