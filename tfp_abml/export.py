@@ -121,17 +121,21 @@ def _at_size(images, size, model_channels, name):
     return tf.clip_by_value(tf.image.resize(converted, (size, size), method="area"), 0.0, 1.0)
 
 
+def _task_inputs(model, image_size, support_images, support_labels, query_images):
+    """The model's one-task input batch from a checked request, resized and converted to its channels."""
+    channels = model.encoder.input_shape[-1]  # 1 for Omniglot runs, 3 for miniImageNet runs
+    support_images, support_labels, query_images = checked_request(support_images, support_labels,
+                                                                   query_images, model.ways)
+    return {"support_images": _at_size(support_images, image_size, channels, "support_images")[None],
+            "support_labels": support_labels[None],
+            "query_images": _at_size(query_images, image_size, channels, "query_images")[None]}
+
+
 def serving_function(model, image_size):
     """The ``serving_default`` function of ``model`` (an EpisodicModel) for ``image_size`` inputs."""
-    ways = model.ways
-    channels = model.encoder.input_shape[-1]  # 1 for Omniglot runs, 3 for miniImageNet runs
 
     def serve(support_images, support_labels, query_images):
-        support_images, support_labels, query_images = checked_request(support_images, support_labels,
-                                                                       query_images, ways)
-        inputs = {"support_images": _at_size(support_images, image_size, channels, "support_images")[None],
-                  "support_labels": support_labels[None],
-                  "query_images": _at_size(query_images, image_size, channels, "query_images")[None]}
+        inputs = _task_inputs(model, image_size, support_images, support_labels, query_images)
         return {"probabilities": model.predict_episode(inputs)[0]}
 
     return serve
@@ -140,15 +144,9 @@ def serving_function(model, image_size):
 def draws_function(model, image_size):
     """The ``posterior_draws`` function: ``[S, M, N]`` query probabilities, one per posterior draw
     (their mean is ``serving_default``'s answer), for models with ``predictive_draws``."""
-    ways = model.ways
-    channels = model.encoder.input_shape[-1]
 
     def draws(support_images, support_labels, query_images):
-        support_images, support_labels, query_images = checked_request(support_images, support_labels,
-                                                                       query_images, ways)
-        inputs = {"support_images": _at_size(support_images, image_size, channels, "support_images")[None],
-                  "support_labels": support_labels[None],
-                  "query_images": _at_size(query_images, image_size, channels, "query_images")[None]}
+        inputs = _task_inputs(model, image_size, support_images, support_labels, query_images)
         return {"sample_probabilities": model.predictive_draws(inputs)[:, 0]}
 
     return draws
