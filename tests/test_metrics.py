@@ -50,3 +50,76 @@ def test_reliability_diagram_is_written(tmp_path):
     y = rng.integers(0, 5, size=(20, 15))
     metrics.plot_reliability({"model": (p, y)}, tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_selective_accuracy_keeps_the_most_confident():
+    # Confidences 0.9 (right), 0.8 (wrong), 0.7 (right), 0.6 (wrong).
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    y = np.array([0, 0, 0, 0])
+    assert metrics.selective_accuracy(p, y, 0.5) == 0.5
+    assert metrics.selective_accuracy(p, y, 0.25) == 1.0
+    assert metrics.selective_accuracy(p, y, 1.0) == 0.5
+
+
+def test_risk_coverage_auc_by_hand():
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    y = np.array([0, 0, 0, 0])
+    # Errors among the k most confident: 0, 1, 1, 2 -> risks 0, 1/2, 1/3, 2/4.
+    assert metrics.risk_coverage_auc(p, y) == pytest.approx((0 + 1 / 2 + 1 / 3 + 2 / 4) / 4)
+    # Every error less confident than every right answer: the lowest AURC for two errors in four.
+    y_sorted = np.array([0, 1, 1, 0])  # right: 0.9, 0.8; wrong: 0.7, 0.6
+    assert metrics.risk_coverage_auc(p, y_sorted) == pytest.approx((0 + 0 + 1 / 3 + 2 / 4) / 4)
+
+
+def test_fpr_at_95_tpr():
+    positives = np.arange(100, 200)  # the threshold that keeps 95 of them: 105
+    assert metrics.fpr_at_tpr(positives, np.arange(0, 100)) == 0.0
+    assert metrics.fpr_at_tpr(positives, np.array([104, 105, 106, 300])) == 0.75
+    assert metrics.fpr_at_tpr([1.0, 1.0], [1.0, 0.0]) == 0.5
+
+
+def test_bootstrap_intervals_cover_the_statistic_and_shrink_with_more_tasks():
+    rng = np.random.default_rng(0)
+
+    def tasks(count):
+        p = rng.dirichlet(np.ones(5) * 0.5, size=(count, 15))
+        return p, rng.integers(0, 5, size=(count, 15))
+
+    widths = []
+    for count in (50, 800):
+        p, y = tasks(count)
+        bounds = metrics.bootstrap_intervals(p, y, resamples=400, seed=1)
+        for name, value in (("nll", metrics.nll(p, y)), ("brier", metrics.brier(p, y)),
+                            ("ece", metrics.expected_calibration_error(p, y))):
+            low, high = bounds[name]
+            assert low <= value <= high, (name, count, low, value, high)
+        widths.append(bounds["nll"][1] - bounds["nll"][0])
+    assert widths[1] < widths[0] / 2  # 16x the tasks: about a quarter of the width
+    # Seeded: the same call gives the same interval.
+    assert metrics.bootstrap_intervals(p, y, resamples=50, seed=3) == metrics.bootstrap_intervals(p, y, resamples=50, seed=3)
+
+
+def test_bootstrap_resample_of_all_tasks_once_equals_the_statistic():
+    # With one resample whose weights are all 1 the sums-based statistics must equal the direct ones:
+    # a planted error in the per-task sums (a wrong bin, a missing square) breaks this.
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(4), size=(30, 8))
+    y = rng.integers(0, 4, size=(30, 8))
+    log_loss, squares, counts, confidence, correct, per_task = metrics._task_statistics(p, y, metrics.ECE_BINS)
+    total = 30 * per_task
+    assert log_loss.sum() / total == pytest.approx(metrics.nll(p, y))
+    assert squares.sum() / total == pytest.approx(metrics.brier(p, y))
+    ece = np.abs(correct.sum(0) - confidence.sum(0)).sum() / counts.sum()
+    assert ece == pytest.approx(metrics.expected_calibration_error(p, y))
+
+
+def test_summarize_reports_intervals_and_selective_measures():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(5), size=(20, 15))
+    y = rng.integers(0, 5, size=(20, 15))
+    s = metrics.summarize(p, y)
+    for key in ("nll_ci95", "brier_ci95", "ece_ci95", "accuracy_at_50_coverage", "accuracy_at_80_coverage",
+                "accuracy_at_90_coverage", "aurc"):
+        assert key in s
+    assert s["nll_ci95"][0] <= s["nll"] <= s["nll_ci95"][1]
+    assert "nll_ci95" not in metrics.summarize(p, y, intervals=False)

@@ -13,3 +13,6 @@ POSTERIORS = ("paper", "aligned")  # checked by RunConfig without importing Tens
 TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
 LR_SCHEDULES = ("constant", "step", "cosine")
 WEIGHT_CHOICES = ("best", "last")  # which weights of a run tfp_abml.runs.load_run loads
+# Omniglot-C (tfp_abml.data.corruptions.SEVERITIES holds each one's parameters, in this order)
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "elastic", "stroke_thinning", "stroke_thickening", "rotation",
+               "occlusion", "contrast")

@@ -35,6 +35,7 @@ import pathlib
 
 import numpy as np
 
+from tfp_abml.calibration import apply_temperature, served_temperature
 from tfp_abml.errors import UserInputError
 
 DEFAULT_BATCH_SIZE = 100  # queries per model call
@@ -184,10 +185,11 @@ class _KerasBackend:
         model = self.model_for(ways)
         inputs = {"support_images": tf.constant(support[None]), "support_labels": tf.constant(labels[None]),
                   "query_images": tf.constant(query[None])}
+        temperature = served_temperature(model)
         if draws and self.bayesian:
             samples = model.predictive_draws(inputs).numpy()[:, 0]
-            return samples.mean(axis=0), samples
-        return model.predict_episode(inputs).numpy()[0], None
+            return _scaled(samples.mean(axis=0), temperature), samples
+        return _scaled(model.predict_episode(inputs).numpy()[0], temperature), None
 
 
 class _SavedModelBackend:
@@ -206,10 +208,12 @@ class _SavedModelBackend:
             meta = {key: value.numpy() for key, value in signatures["metadata"]().items()}
             self.ways, self.image_size = int(meta["ways"]), int(meta["image_size"])
             self.channels, self.max_images = int(meta["channels"]), int(meta["max_request_images"])
+            self.temperature = float(meta.get("temperature", 1.0))  # absent in exports before calibration
         else:  # exported before the metadata signature: the served N shows in its error messages only
             from tfp_abml.export import MAX_REQUEST_IMAGES
 
             self.ways, self.image_size, self.channels, self.max_images = None, None, 1, MAX_REQUEST_IMAGES
+            self.temperature = 1.0
 
     def __call__(self, support, labels, query, ways, draws):
         import tensorflow as tf
@@ -221,12 +225,16 @@ class _SavedModelBackend:
         inputs = dict(support_images=tf.constant(support), support_labels=tf.constant(labels),
                       query_images=tf.constant(query))
         try:
-            if draws and self.bayesian:
+            if draws and self.bayesian:  # the draws are unscaled; serving_default applies the temperature
                 samples = self.loaded.signatures["posterior_draws"](**inputs)["sample_probabilities"].numpy()
-                return samples.mean(axis=0), samples
+                return _scaled(samples.mean(axis=0), self.temperature), samples
             return self.loaded.signatures["serving_default"](**inputs)["probabilities"].numpy(), None
         except tf.errors.InvalidArgumentError as err:
             raise UserInputError(f"{self.source} refused the task: {_assertion_message(err.message)}") from None
+
+
+def _scaled(probabilities, temperature):
+    return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature).astype(np.float32)
 
 
 def _assertion_message(message):

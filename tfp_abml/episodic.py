@@ -127,9 +127,17 @@ class EpisodicModel(keras.Model):
         """Query probabilities ``[T, M, N]``; subclasses may skip the loss work."""
         raise NotImplementedError
 
-    def evaluation_predictions(self, inputs, samples=None):
-        """Named query predictions for evaluation; Bayesian models add their variants."""
-        return {"prediction": self.predict_episode(inputs)}
+    # The name, among evaluation_predictions', of what predict_episode returns (and a SavedModel serves).
+    served_prediction = "prediction"
+
+    def evaluation_predictions(self, inputs, samples=None, with_draws=False):
+        """Named query predictions ``[T, M, N]`` for evaluation; Bayesian models add their variants.
+
+        With ``with_draws``, also ``{name: [S, T, M, N]}``: the posterior draws behind each named
+        prediction that is their mean (none for a point-estimate model).
+        """
+        predictions = {self.served_prediction: self.predict_episode(inputs)}
+        return (predictions, {}) if with_draws else predictions
 
     def call(self, inputs, training=False):
         return self.predict_episode(inputs, training=training)

@@ -9,10 +9,12 @@ The ``serving_default`` signature takes a whole task:
 * ``support_labels`` int32 ``[N*K]``, every label 0..N-1 present, N the trained ways;
 
 and returns ``probabilities`` float32 ``[M, N]``: for the Bayesian model the posterior predictive
-over the model's ``eval_samples`` draws. The Bayesian model has a second signature,
-``posterior_draws``, with the same inputs and ``sample_probabilities`` ``[S, M, N]``, one row
-set per draw (for the epistemic uncertainty); every model has ``metadata``: no inputs, and the
-``ways``, ``image_size``, ``channels``, ``max_request_images`` and ``method`` it serves. Resizing to the encoder's size happens inside. A
+over the model's ``eval_samples`` draws, temperature-scaled when the run was calibrated
+(``training.evaluate --calibrate``; :mod:`tfp_abml.calibration`). The Bayesian model has a second
+signature, ``posterior_draws``, with the same inputs and ``sample_probabilities`` ``[S, M, N]``,
+one row set per draw, unscaled (for the epistemic uncertainty); every model has ``metadata``: no
+inputs, and the ``ways``, ``image_size``, ``channels``, ``max_request_images``, ``method`` and
+``temperature`` (1.0: none) it serves. Resizing to the encoder's size happens inside. A
 malformed request fails with an ``InvalidArgumentError`` that says what is wrong, before anything
 is computed from it (see ``checked_request``); a wrong dtype is refused by the signature itself.
 
@@ -29,6 +31,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from tfp_abml.calibration import apply_temperature_tf, served_temperature
 from tfp_abml.errors import UserInputError
 
 # Per request, support and query together: they bound what one request can make a server
@@ -134,9 +137,14 @@ def _task_inputs(model, image_size, support_images, support_labels, query_images
 def serving_function(model, image_size):
     """The ``serving_default`` function of ``model`` (an EpisodicModel) for ``image_size`` inputs."""
 
+    temperature = served_temperature(model)
+
     def serve(support_images, support_labels, query_images):
         inputs = _task_inputs(model, image_size, support_images, support_labels, query_images)
-        return {"probabilities": model.predict_episode(inputs)[0]}
+        probabilities = model.predict_episode(inputs)[0]
+        if temperature != 1.0:
+            probabilities = apply_temperature_tf(probabilities, temperature)
+        return {"probabilities": probabilities}
 
     return serve
 
@@ -157,7 +165,8 @@ def metadata_function(model, image_size):
     values = {"ways": tf.constant(model.ways, tf.int32), "image_size": tf.constant(int(image_size), tf.int32),
               "channels": tf.constant(int(model.encoder.input_shape[-1]), tf.int32),
               "max_request_images": tf.constant(MAX_REQUEST_IMAGES, tf.int32),
-              "method": tf.constant(type(model).__name__)}
+              "method": tf.constant(type(model).__name__),
+              "temperature": tf.constant(served_temperature(model), tf.float32)}
     return lambda: dict(values)
 
 

@@ -229,10 +229,13 @@ class AmortizedBNN(EpisodicModel):
         params, query_embeddings = self._adapt_and_embed_queries(inputs, training)
         return self.predictive(params, query_embeddings, self.eval_samples)
 
-    def evaluation_predictions(self, inputs, samples=None):
+    served_prediction = "posterior_predictive"
+
+    def evaluation_predictions(self, inputs, samples=None, with_draws=False):
         """Posterior predictive over ``samples`` draws, and the prediction of the posterior means,
-        from one adapted posterior."""
+        from one adapted posterior (with ``with_draws``, also the draws of the predictive)."""
         params, query_embeddings = self._adapt_and_embed_queries(inputs, training=False)
         mean_logits = self.head(query_embeddings, params, mean_only=True)
-        return {"posterior_predictive": self.predictive(params, query_embeddings, samples or self.eval_samples),
-                "mean_weights": tf.nn.softmax(mean_logits)}
+        draws = self.draws(params, query_embeddings, samples or self.eval_samples)
+        predictions = {"posterior_predictive": tf.reduce_mean(draws, axis=0), "mean_weights": tf.nn.softmax(mean_logits)}
+        return (predictions, {"posterior_predictive": draws}) if with_draws else predictions

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from tfp_abml.calibration import CALIBRATION_FILE
 from tfp_abml.checkpointing import BEST_RECORD, BEST_WEIGHTS, FINAL_WEIGHTS, read_json
 from tfp_abml.choices import WEIGHT_CHOICES
 from tfp_abml.errors import UserInputError
@@ -25,6 +26,8 @@ def load_run(run_dir, weights="best", **overrides):
     ``overrides`` replace config settings (e.g. ``shots`` or ``data_dir``) before the model is
     built; settings that change the model's shape must match the trained one. ``ways`` may
     change for models whose weights serve any N (``RunConfig.ways_agnostic``).
+    ``model.temperatures`` holds the run's fitted temperatures (``calibration.json``) when they were
+    fitted to the weights loaded; otherwise it is empty.
     """
     import tensorflow as tf
 
@@ -56,4 +59,14 @@ def load_run(run_dir, weights="best", **overrides):
     else:
         tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
         model.loaded_weights = f"checkpoint {pathlib.Path(latest).name}"
+    calibration = read_json(run_dir / CALIBRATION_FILE, {})
+    # Temperatures fitted to other weights (the last ones, or a best epoch since superseded) do not apply.
+    model.temperatures = dict(calibration.get("temperatures", {})) if calibration.get("weights") == model.loaded_weights else {}
     return config, model
+
+
+def save_calibration(run_dir, record):
+    """Write a run's temperatures (:func:`tfp_abml.evaluation.fit_temperatures`'s record), atomically."""
+    from tfp_abml.checkpointing import write_json_atomic
+
+    write_json_atomic(pathlib.Path(run_dir) / CALIBRATION_FILE, record)

@@ -4,8 +4,13 @@ Reports accuracy with its 95% confidence interval (1.96 x std / sqrt(tasks)), NL
 score and expected calibration error (15 equal-width bins) for every prediction the model
 offers (for the Bayesian model: the posterior predictive over ``--samples`` draws and the
 prediction of the posterior means), and the AUROC of predictive entropy separating queries
-from classes absent from the support set. Writes ``DIR/eval_<split>.json`` and
-``DIR/reliability_<split>.png``.
+from classes absent from the support set (and of one minus the max probability, and of mutual
+information for the posterior predictive, each with its FPR at 95% TPR). NLL, Brier and ECE carry
+bootstrap 95% intervals over tasks; selective prediction gives the accuracy at 50/80/90% coverage
+and the area under the risk-coverage curve (AURC). ``--calibrate`` fits temperature scaling on
+validation tasks and stores it in the run; ``--corruption NAME --severity S`` evaluates the same
+tasks under an Omniglot-C corruption. Writes ``DIR/eval_<split>[_<corruption><severity>].json``
+and ``DIR/reliability_<split>[...].png``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
+from tfp_abml.choices import CORRUPTIONS
 from tfp_abml.errors import UserInputError
 from tfp_abml.output_location import check_writable
 from training._cli import Parser, run_command
@@ -35,20 +41,27 @@ def build_parser():
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation tasks")
     p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution pass")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a temperature per prediction by NLL on validation tasks (never test tasks), store it in "
+                        "the run (calibration.json: export then serves the scaled prediction) and report both")
+    p.add_argument("--calibration-tasks", type=int, default=300, help="validation tasks --calibrate fits on")
+    p.add_argument("--corruption", default=None, choices=CORRUPTIONS,
+                   help="corrupt every image of the same tasks (Omniglot-C, see docs/evaluation.md)")
+    p.add_argument("--severity", type=int, default=3, choices=(1, 2, 3, 4, 5), help="severity of --corruption")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1))
     return p
 
 
 def run(args):
     from tfp_abml.checkpointing import write_json_atomic
-    from tfp_abml.evaluation import evaluate_run
+    from tfp_abml.evaluation import evaluate_run, fit_temperatures
     from tfp_abml.metrics import ECE_BINS, plot_reliability
-    from tfp_abml.runs import load_run
+    from tfp_abml.runs import load_run, save_calibration
 
-    for flag in ("tasks", "samples", "ways", "shots", "queries"):
+    for flag in ("tasks", "samples", "ways", "shots", "queries", "calibration_tasks"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            raise UserInputError(f"--{flag} must be >= 1, got {value}")
+            raise UserInputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     run_dir = pathlib.Path(args.run)
     if (run_dir / "config.json").is_file():  # load_run names a folder that is not a run
         check_writable(run_dir, "--run")  # eval_<split>.json and the plot go there
@@ -56,29 +69,48 @@ def run(args):
                              data_dir=args.data_dir)
     if args.verbose:
         print(f"evaluating {run_dir} with the weights of {model.loaded_weights}", flush=True)
+    if args.calibrate:
+        record = fit_temperatures(config, model, args.calibration_tasks, args.seed, args.samples,
+                                  progress=bool(args.verbose))
+        save_calibration(run_dir, record)
+        model.temperatures = record["temperatures"]
+        print("temperatures (fitted on validation tasks): " + ", ".join(
+            f"{name} {t:.3f} (NLL {record['nll_before'][name]:.3f} -> {record['nll_after'][name]:.3f})"
+            for name, t in record["temperatures"].items()), flush=True)
     result = evaluate_run(config, model, args.split, args.tasks, args.seed, args.samples, ood=not args.no_ood,
-                          progress=bool(args.verbose))
+                          progress=bool(args.verbose), corruption=args.corruption,
+                          severity=args.severity if args.corruption else None)
     curves = {name: (p, result["labels"]) for name, p in result.pop("probabilities").items()}
     result.pop("labels")
+    result.pop("mutual_information")
+    suffix = f"{args.split}_{args.corruption}{args.severity}" if args.corruption else args.split
     result.update(method=config.method, split=args.split, seed=args.seed, ece_bins=ECE_BINS,
+                  corruption=args.corruption, severity=args.severity if args.corruption else None,
+                  temperatures=getattr(model, "temperatures", {}),
                   ways=config.ways, shots=config.shots, queries=config.queries, weights=model.loaded_weights,
                   samples=args.samples or getattr(model, "eval_samples", None),
                   confidence_interval="95%: 1.96 x std over tasks / sqrt(tasks)")
-    write_json_atomic(run_dir / f"eval_{args.split}.json", result)
-    figure = run_dir / f"reliability_{args.split}.png"
-    plot_reliability(curves, figure, title=f"{config.method}, Omniglot {config.ways}-way {config.shots}-shot, "
-                                           f"{args.split} ({args.tasks} tasks)")
+    write_json_atomic(run_dir / f"eval_{suffix}.json", result)
+    figure = run_dir / f"reliability_{suffix}.png"
+    shift = f", {args.corruption} at severity {args.severity}" if args.corruption else ""
+    plot_reliability(curves, figure, title=f"{config.method}, {config.dataset} {config.ways}-way {config.shots}-shot, "
+                                           f"{args.split}{shift} ({args.tasks} tasks)")
     print(format_table(result))
-    print(f"wrote {run_dir / f'eval_{args.split}.json'} and {figure}")
+    print(f"wrote {run_dir / f'eval_{suffix}.json'} and {figure}")
     return result
 
 
 def format_table(result):
-    lines = [f"{'prediction':22s} {'accuracy':>16s} {'NLL':>7s} {'Brier':>7s} {'ECE':>7s} {'OOD AUROC':>10s}"]
+    """Accuracy, NLL, Brier, ECE, AURC and OOD AUROC (entropy; mutual information where there are draws)."""
+    lines = [f"{'prediction':36s} {'accuracy':>16s} {'NLL':>7s} {'Brier':>7s} {'ECE':>7s} {'AURC':>7s} "
+             f"{'OOD AUROC':>10s} {'(MI)':>6s}"]
     for name, s in result["predictions"].items():
         ood = f"{s['ood_auroc']:.3f}" if "ood_auroc" in s else "-"
-        lines.append(f"{name:22s} {100 * s['accuracy']:7.2f} +- {100 * s['accuracy_ci95']:5.2f}% "
-                     f"{s['nll']:7.3f} {s['brier']:7.3f} {100 * s['ece']:6.2f}% {ood:>10s}")
+        information = s.get("ood", {}).get("mutual_information")
+        information = f"{information['auroc']:.3f}" if information else "-"
+        lines.append(f"{name:36s} {100 * s['accuracy']:7.2f} +- {100 * s['accuracy_ci95']:5.2f}% "
+                     f"{s['nll']:7.3f} {s['brier']:7.3f} {100 * s['ece']:6.2f}% {s['aurc']:7.4f} {ood:>10s} "
+                     f"{information:>6s}")
     return "\n".join(lines)
 
 

@@ -13,20 +13,44 @@ def test_evaluate_writes_scores_with_intervals_and_a_diagram(method, tmp_path, d
     assert fit.main(["--method", method, "--data-dir", str(data_dir), "--ways", "5", "--shots", "1",
                      "--queries", "5", "--steps-per-epoch", "20", "--epochs", "1", "--val-tasks", "0",
                      "--output", str(run), "--verbose", "0"]) == 0
-    assert evaluate.main(["--run", str(run), "--tasks", "24", "--samples", "4", "--verbose", "0"]) == 0
+    assert evaluate.main(["--run", str(run), "--tasks", "24", "--samples", "4", "--verbose", "0", "--calibrate",
+                          "--calibration-tasks", "8"]) == 0
     result = json.loads((run / "eval_test.json").read_text())
     assert (run / "reliability_test.png").stat().st_size > 1000
     expected = {"posterior_predictive", "mean_weights"} if method == "abml" else {"prediction"}
-    assert set(result["predictions"]) == expected
-    for scores in result["predictions"].values():
+    assert set(result["predictions"]) == expected | {f"{name}_temperature_scaled" for name in expected}
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert set(calibration["temperatures"]) == expected and calibration["split"] == "val"
+    assert all(calibration["nll_after"][name] <= calibration["nll_before"][name] + 1e-9 for name in expected)
+    for name, scores in result["predictions"].items():
         assert 0.3 < scores["accuracy"] <= 1 and 0 < scores["accuracy_ci95"] < 0.2
         assert scores["nll"] > 0 and 0 <= scores["brier"] <= 2 and 0 <= scores["ece"] <= 1
-        assert 0 <= scores["ood_auroc"] <= 1
+        assert scores["nll_ci95"][0] <= scores["nll"] <= scores["nll_ci95"][1]
+        assert 0 <= scores["aurc"] <= 1 and 0 <= scores["accuracy_at_50_coverage"] <= 1
+        assert 0 <= scores["ood_auroc"] <= 1 and scores["ood_auroc"] == scores["ood"]["entropy"]["auroc"]
+        information = "mutual_information" in scores["ood"]
+        assert information == (method == "abml" and name == "posterior_predictive"), name
+        # Temperature scaling never changes the predicted class.
+        base = name.replace("_temperature_scaled", "")
+        assert scores["accuracy"] == result["predictions"][base]["accuracy"]
     assert result["tasks"] == 24 and result["ece_bins"] == 15
     assert "accuracy" in capsys.readouterr().out
+    # The same tasks under a corruption: their own file, other scores.
+    assert evaluate.main(["--run", str(run), "--tasks", "8", "--samples", "2", "--verbose", "0", "--no-ood",
+                          "--corruption", "gaussian_noise", "--severity", "5"]) == 0
+    shifted = json.loads((run / "eval_test_gaussian_noise5.json").read_text())
+    assert shifted["corruption"] == "gaussian_noise" and shifted["severity"] == 5
+    assert (run / "reliability_test_gaussian_noise5.png").is_file()
 
 
 def test_evaluate_errors(tmp_path, capsys):
     assert evaluate.main(["--run", str(tmp_path)]) == 2
     assert "not a training run" in capsys.readouterr().err
     assert evaluate.main(["--run", str(tmp_path), "--tasks", "0"]) == 2
+
+
+def test_bad_corruption_and_calibration_flags(tmp_path, capsys):
+    assert evaluate.main(["--run", str(tmp_path), "--corruption", "fog"]) == 2
+    assert "invalid choice: 'fog'" in capsys.readouterr().err
+    assert evaluate.main(["--run", str(tmp_path), "--calibrate", "--calibration-tasks", "0"]) == 2
+    assert "--calibration-tasks must be >= 1" in capsys.readouterr().err

@@ -52,6 +52,34 @@ def test_saved_model_matches_the_keras_model(protonet_run, data_dir, tmp_path):
     assert "serving_default" in shown.stdout and "support_labels" in shown.stdout and "probabilities" in shown.stdout
 
 
+def test_a_calibrated_run_serves_its_temperature_scaled_prediction(protonet_run, data_dir, tmp_path):
+    import json
+    import shutil
+
+    from tfp_abml.calibration import apply_temperature
+    from tfp_abml.runs import load_run, save_calibration
+
+    run = tmp_path / "run"
+    shutil.copytree(protonet_run, run)
+    _, model = load_run(run)
+    save_calibration(run, {"temperatures": {"prediction": 2.5}, "weights": "another epoch's weights"})
+    assert load_run(run)[1].temperatures == {}  # fitted to other weights: not applied
+    save_calibration(run, {"temperatures": {"prediction": 2.5}, "weights": model.loaded_weights})
+    assert load_run(run)[1].temperatures == {"prediction": 2.5}
+    out = tmp_path / "savedmodel" / "1"
+    assert export.main(["--run", str(run), "--output", str(out)]) == 0
+    loaded = tf.saved_model.load(str(out))
+    support, labels, query = _task(data_dir, 28)
+    served = loaded.signatures["serving_default"](support_images=tf.constant(support), support_labels=tf.constant(labels),
+                                                  query_images=tf.constant(query))["probabilities"].numpy()
+    raw = model.predict_episode({"support_images": support[None], "support_labels": labels[None],
+                                 "query_images": query[None]})[0].numpy()
+    np.testing.assert_allclose(served, apply_temperature(raw, 2.5), atol=1e-5)
+    assert not np.allclose(served, raw, atol=1e-3)
+    assert float(loaded.signatures["metadata"]()["temperature"].numpy()) == 2.5
+    assert json.loads((run / "calibration.json").read_text())["temperatures"] == {"prediction": 2.5}
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s, l, q: (s, l + 1, q), "support_labels must be 0..4"),
     (lambda s, l, q: (s, np.where(l == 4, 0, l).astype(np.int32), q), "every label 0..4"),
