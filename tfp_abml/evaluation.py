@@ -19,6 +19,7 @@ Two passes over seeded tasks of the evaluation split:
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import numpy as np
 
@@ -34,12 +35,49 @@ def _batches(sampler, tasks, meta_batch):
     return episode_dataset(sampler, meta_batch, episodes=-(-tasks // meta_batch) * meta_batch)
 
 
+# One traced prediction function per (model, samples): a benchmark that evaluates the same model on
+# many task sets (corruptions, severities) traces it once.
+_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _prediction_function(model, samples):
+    import tensorflow as tf
+
+    functions = _FUNCTIONS.setdefault(model, {})
+    if samples not in functions:
+        functions[samples] = tf.function(lambda inputs: model.evaluation_predictions(inputs, samples, with_draws=True))
+    return functions[samples]
+
+
+class Ensemble:
+    """A deep ensemble (Lakshminarayanan et al., 2017): the mean of its members' served predictions.
+
+    ``models`` are trained runs' models for the same task shape (e.g. one method from several
+    seeds). Evaluates like a model: ``evaluation_predictions`` gives ``{"prediction": mean}`` and,
+    with ``with_draws``, the members' predictions as the draws (their disagreement is the
+    ensemble's mutual information).
+    """
+
+    served_prediction = "prediction"
+
+    def __init__(self, models):
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.models = list(models)
+        self.ways = self.models[0].ways
+
+    def evaluation_predictions(self, inputs, samples=None, with_draws=False):
+        import tensorflow as tf
+
+        members = tf.stack([model.predict_episode(inputs) for model in self.models])
+        predictions = {"prediction": tf.reduce_mean(members, axis=0)}
+        return (predictions, {"prediction": members}) if with_draws else predictions
+
+
 def _predict(model, sampler, tasks, meta_batch, samples, transform, progress):
     """Named probabilities ``[tasks, M, N]``, mutual information ``[tasks, M]`` of the predictions
     that are means of posterior draws, and the query labels."""
-    import tensorflow as tf
-
-    predict = tf.function(lambda inputs: model.evaluation_predictions(inputs, samples, with_draws=True))
+    predict = _prediction_function(model, samples)
     outputs, information, labels = {}, {}, []
     for inputs, query_labels in _batches(sampler, tasks, meta_batch):
         inputs, query_labels = transform(inputs, query_labels)

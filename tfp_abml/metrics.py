@@ -151,11 +151,13 @@ def bootstrap_intervals(probabilities, labels, resamples=BOOTSTRAP_RESAMPLES, se
 
 def summarize(probabilities, labels, intervals=True, seed=0):
     """Accuracy (with interval), NLL, Brier and ECE (with bootstrap intervals unless ``intervals``
-    is false), selective accuracy at :data:`COVERAGES` and AURC of ``[tasks, M, N]`` predictions."""
+    is false), mean confidence, selective accuracy at :data:`COVERAGES` and AURC of ``[tasks, M, N]``
+    predictions."""
     task_accuracy = (probabilities.argmax(-1) == labels).mean(axis=-1)
     mean, half_width = accuracy_interval(task_accuracy)
     scores = {"accuracy": mean, "accuracy_ci95": half_width, "nll": nll(probabilities, labels),
-              "brier": brier(probabilities, labels), "ece": expected_calibration_error(probabilities, labels)}
+              "brier": brier(probabilities, labels), "ece": expected_calibration_error(probabilities, labels),
+              "mean_confidence": float(probabilities.max(-1).mean())}
     if intervals:
         scores.update({f"{name}_ci95": bounds for name, bounds in bootstrap_intervals(probabilities, labels,
                                                                                        seed=seed).items()})
