@@ -125,8 +125,16 @@ def test_other_class_counts_where_the_weights_allow(runs, task, data_dir):
     support, names, query, _ = omniglot_task(data_dir, ways=3, shots=1, queries=2, seed=5, image_size=28)
     result = tfp_abml.FewShotClassifier.load(runs["protonet"]["run"]).predict(support, names, query)
     assert result.probabilities.shape == (6, 3)
+    # The SavedModel of a model that serves any N takes N from the labels: the same answer.
+    served = tfp_abml.FewShotClassifier.load(runs["protonet"]["savedmodel"]).predict(support, names, query)
+    np.testing.assert_allclose(served.probabilities, result.probabilities, atol=1e-5)
+    assert tfp_abml.FewShotClassifier.load(runs["abml"]["savedmodel"]).predict(support, names, query).probabilities.shape == (6, 3)
+    from training import export
+
+    fixed = runs["protonet"]["keras"].parent / "protonet-5way" / "1"
+    assert export.main(["--run", str(runs["protonet"]["run"]), "--ways", "5", "--output", str(fixed)]) == 0
     with pytest.raises(UserInputError, match="serves 5-way tasks"):
-        tfp_abml.FewShotClassifier.load(runs["protonet"]["savedmodel"]).predict(support, names, query)
+        tfp_abml.FewShotClassifier.load(fixed).predict(support, names, query)
     maml = RunConfig(method="maml", ways=5, inner_steps=1).validate().build_model()
     maml(maml.example_inputs())
     path = runs["protonet"]["keras"].parent / "maml.keras"
@@ -159,3 +167,19 @@ def test_bad_paths_fail_with_one_clear_message(tmp_path, runs):
         tfp_abml.FewShotClassifier.load(tmp_path / "notes.txt")
     with pytest.raises(UserInputError, match="did you mean .*1"):
         tfp_abml.FewShotClassifier.load(runs["protonet"]["savedmodel"].parent)
+
+
+def test_a_calibrated_run_predicts_its_temperature_scaled_probabilities(runs, task, tmp_path):
+    import shutil
+
+    from tfp_abml.calibration import apply_temperature
+    from tfp_abml.runs import load_run, save_calibration
+
+    support, names, query, _ = task
+    run = tmp_path / "run"
+    shutil.copytree(runs["protonet"]["run"], run)
+    raw = tfp_abml.FewShotClassifier.load(run).predict(support, names, query).probabilities
+    save_calibration(run, {"temperatures": {"prediction": 3.0}, "weights": load_run(run)[1].loaded_weights})
+    scaled = tfp_abml.FewShotClassifier.load(run).predict(support, names, query).probabilities
+    np.testing.assert_allclose(scaled, apply_temperature(raw, 3.0), atol=1e-5)
+    assert scaled.max(-1).mean() < raw.max(-1).mean()

@@ -188,8 +188,8 @@ class _KerasBackend:
         temperature = served_temperature(model)
         if draws and self.bayesian:
             samples = model.predictive_draws(inputs).numpy()[:, 0]
-            return _scaled(samples.mean(axis=0), temperature), samples
-        return _scaled(model.predict_episode(inputs).numpy()[0], temperature), None
+            return _tempered(samples.mean(axis=0), temperature), samples
+        return _tempered(model.predict_episode(inputs).numpy()[0], temperature), None
 
 
 class _SavedModelBackend:
@@ -207,33 +207,40 @@ class _SavedModelBackend:
         if "metadata" in signatures:
             meta = {key: value.numpy() for key, value in signatures["metadata"]().items()}
             self.ways, self.image_size = int(meta["ways"]), int(meta["image_size"])
+            # Exports before N-from-labels serve their trained N only.
+            self.min_ways, self.max_ways = int(meta.get("min_ways", self.ways)), int(meta.get("max_ways", self.ways))
             self.channels, self.max_images = int(meta["channels"]), int(meta["max_request_images"])
             self.temperature = float(meta.get("temperature", 1.0))  # absent in exports before calibration
         else:  # exported before the metadata signature: the served N shows in its error messages only
             from tfp_abml.export import MAX_REQUEST_IMAGES
 
             self.ways, self.image_size, self.channels, self.max_images = None, None, 1, MAX_REQUEST_IMAGES
+            self.min_ways = self.max_ways = None
             self.temperature = 1.0
 
     def __call__(self, support, labels, query, ways, draws):
         import tensorflow as tf
 
-        if self.ways is not None and ways != self.ways:
-            raise UserInputError(f"{self.source} serves {self.ways}-way tasks and the support set has {ways} "
-                                 f"classes: give {self.ways} classes, or export a run trained to serve any N "
-                                 f"with training.export --ways {ways}")
+        if self.min_ways is not None and not self.min_ways <= ways <= self.max_ways:
+            served = (f"{self.ways}-way tasks" if self.min_ways == self.max_ways
+                      else f"tasks of {self.min_ways} to {self.max_ways} classes")
+            fix = (f"give {self.ways} classes, or export a run whose weights serve any N (protonet, matching, "
+                   "abml --posterior aligned --task-encoding pool) with training.export" if self.min_ways == self.max_ways
+                   else f"split the task, or export with training.export --max-ways {ways}")
+            raise UserInputError(f"{self.source} serves {served} and the support set has {ways} classes: {fix}")
         inputs = dict(support_images=tf.constant(support), support_labels=tf.constant(labels),
                       query_images=tf.constant(query))
         try:
             if draws and self.bayesian:  # the draws are unscaled; serving_default applies the temperature
                 samples = self.loaded.signatures["posterior_draws"](**inputs)["sample_probabilities"].numpy()
-                return _scaled(samples.mean(axis=0), self.temperature), samples
+                return _tempered(samples.mean(axis=0), self.temperature), samples
             return self.loaded.signatures["serving_default"](**inputs)["probabilities"].numpy(), None
         except tf.errors.InvalidArgumentError as err:
             raise UserInputError(f"{self.source} refused the task: {_assertion_message(err.message)}") from None
 
 
-def _scaled(probabilities, temperature):
+def _tempered(probabilities, temperature):
+    """Probabilities after the model's temperature scaling (:mod:`tfp_abml.calibration`)."""
     return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature).astype(np.float32)
 
 

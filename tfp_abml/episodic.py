@@ -13,6 +13,8 @@ recorded as it is made (Keras objects such as the encoder serialised as Keras ob
 
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 
 import keras
@@ -129,6 +131,28 @@ class EpisodicModel(keras.Model):
 
     # The name, among evaluation_predictions', of what predict_episode returns (and a SavedModel serves).
     served_prediction = "prediction"
+    # Whether the weights serve any number of classes (RunConfig.ways_agnostic says why for each method).
+    serves_any_ways = False
+
+    @contextlib.contextmanager
+    def traced_for_ways(self, ways):
+        """Within this context the forward pass is traced for ``ways`` classes, which may be a scalar
+        int32 tensor: a SavedModel of a model that serves any N takes N from each request's labels.
+
+        Only for models with ``serves_any_ways`` (their weights do not depend on N; only the
+        attributes of :meth:`_set_ways` do). The previous N is restored on exit.
+        """
+        if not self.serves_any_ways:
+            raise ValueError(f"{type(self).__name__}'s weights depend on the number of classes")
+        previous = self._set_ways(ways)
+        try:
+            yield
+        finally:
+            self._set_ways(previous)
+
+    def _set_ways(self, ways):
+        previous, self.ways = self.ways, ways
+        return previous
 
     def evaluation_predictions(self, inputs, samples=None, with_draws=False):
         """Named query predictions ``[T, M, N]`` for evaluation; Bayesian models add their variants.

@@ -39,6 +39,9 @@ from tfp_abml.errors import UserInputError
 # values (256 MB of float32) hold 2048 RGB images of 105 x 105.
 MAX_REQUEST_IMAGES = 2048
 MAX_REQUEST_VALUES = 2 ** 26
+# The most classes a SavedModel of a model that serves any N takes per request (training.export
+# --max-ways): a bound on what one request can make it allocate, far above the benchmarks' 20 ways.
+MAX_SERVED_WAYS = 100
 
 # The signature declares no ranks: with a declared rank TensorFlow takes it as known, folds
 # every rank check to "true" and lets a 3-D image batch through to fail somewhere deep with a
@@ -60,12 +63,24 @@ def _with_rank(tensor, rank, message):
     return tf.reshape(tensor, tf.stack([shape[i] for i in range(rank)]))
 
 
+def request_ways(support_labels, max_ways):
+    """N of a request to a model that serves any N: one more than the largest label, checked to lie
+    in 2..``max_ways`` (``checked_request`` then checks that every label 0..N-1 has an example)."""
+    ways = tf.reduce_max(tf.concat([support_labels, [-1]], 0)) + 1
+    with tf.control_dependencies([
+            tf.debugging.assert_greater_equal(ways, 2, message="a few-shot task needs labels of at least 2 classes"),
+            tf.debugging.assert_less_equal(ways, max_ways, message=(
+                f"the request has more than {max_ways} classes, the most this model serves: split the task"))]):
+        return tf.identity(ways)
+
+
 def checked_request(support_images, support_labels, query_images, ways):
     """The three request tensors, made to depend on every check of the request.
 
     Each failed check is an ``InvalidArgumentError`` that names the problem: a wrong rank
     (checked first), a request over the size limits (next, before any pixel is read), an empty
-    set, lengths or channels that differ, labels outside 0..N-1 or a label without an example,
+    set, lengths or channels that differ, labels outside 0..N-1 or a label without an example
+    (``ways``: N, an int or, for models that serve any N, the scalar tensor of :func:`request_ways`),
     empty images, NaN or infinite pixels, pixels outside [0, 1]. Whatever is computed from the
     returned tensors runs only after all checks passed.
     """
@@ -91,11 +106,15 @@ def checked_request(support_images, support_labels, query_images, ways):
             tf.debugging.assert_equal(tf.shape(support_images)[-1], tf.shape(query_images)[-1],
                                       message="support and query images differ in channels"),
             tf.debugging.assert_non_negative(support_labels, message="support_labels must be 0..N-1"),
-            tf.debugging.assert_less(support_labels, ways,
-                                     message=f"support_labels must be 0..{ways - 1} (this model is {ways}-way)"),
-            tf.debugging.assert_equal(tf.size(tf.unique(support_labels).y), ways,
-                                      message=f"every label 0..{ways - 1} needs a support example"),
         ]
+        if isinstance(ways, int):
+            checks += [tf.debugging.assert_less(support_labels, ways,
+                                                message=f"support_labels must be 0..{ways - 1} (this model is {ways}-way)"),
+                       tf.debugging.assert_equal(tf.size(tf.unique(support_labels).y), ways,
+                                                 message=f"every label 0..{ways - 1} needs a support example")]
+        else:
+            checks.append(tf.debugging.assert_equal(tf.size(tf.unique(support_labels).y), ways, message=(
+                "every label 0..N-1 needs a support example, N being one more than the largest label")))
         for images, name in ((support_images, "support_images"), (query_images, "query_images")):
             channels = tf.shape(images)[-1]
             checks += [
@@ -124,45 +143,63 @@ def _at_size(images, size, model_channels, name):
     return tf.clip_by_value(tf.image.resize(converted, (size, size), method="area"), 0.0, 1.0)
 
 
-def _task_inputs(model, image_size, support_images, support_labels, query_images):
+def _task_inputs(model, image_size, support_images, support_labels, query_images, ways):
     """The model's one-task input batch from a checked request, resized and converted to its channels."""
     channels = model.encoder.input_shape[-1]  # 1 for Omniglot runs, 3 for miniImageNet runs
     support_images, support_labels, query_images = checked_request(support_images, support_labels,
-                                                                   query_images, model.ways)
+                                                                   query_images, ways)
     return {"support_images": _at_size(support_images, image_size, channels, "support_images")[None],
             "support_labels": support_labels[None],
             "query_images": _at_size(query_images, image_size, channels, "query_images")[None]}
 
 
-def serving_function(model, image_size):
-    """The ``serving_default`` function of ``model`` (an EpisodicModel) for ``image_size`` inputs."""
+def _traced(model, max_ways, compute):
+    """``compute(ways, ...)`` for the request's N: the model's own N, or with ``max_ways`` (a model
+    that serves any N) the N of each request, read from its labels."""
 
+    def function(support_images, support_labels, query_images):
+        if max_ways is None:
+            return compute(model.ways, support_images, support_labels, query_images)
+        ways = request_ways(tf.convert_to_tensor(support_labels), max_ways)
+        with model.traced_for_ways(ways):
+            return compute(ways, support_images, support_labels, query_images)
+
+    return function
+
+
+def serving_function(model, image_size, max_ways=None):
+    """The ``serving_default`` function of ``model`` (an EpisodicModel) for ``image_size`` inputs
+    (``max_ways``: serve any N up to it, see :func:`export_saved_model`)."""
     temperature = served_temperature(model)
 
-    def serve(support_images, support_labels, query_images):
-        inputs = _task_inputs(model, image_size, support_images, support_labels, query_images)
+    def serve(ways, support_images, support_labels, query_images):
+        inputs = _task_inputs(model, image_size, support_images, support_labels, query_images, ways)
         probabilities = model.predict_episode(inputs)[0]
         if temperature != 1.0:
             probabilities = apply_temperature_tf(probabilities, temperature)
         return {"probabilities": probabilities}
 
-    return serve
+    return _traced(model, max_ways, serve)
 
 
-def draws_function(model, image_size):
+def draws_function(model, image_size, max_ways=None):
     """The ``posterior_draws`` function: ``[S, M, N]`` query probabilities, one per posterior draw
-    (their mean is ``serving_default``'s answer), for models with ``predictive_draws``."""
+    (their mean is ``serving_default``'s answer before temperature scaling), for models with
+    ``predictive_draws``."""
 
-    def draws(support_images, support_labels, query_images):
-        inputs = _task_inputs(model, image_size, support_images, support_labels, query_images)
+    def draws(ways, support_images, support_labels, query_images):
+        inputs = _task_inputs(model, image_size, support_images, support_labels, query_images, ways)
         return {"sample_probabilities": model.predictive_draws(inputs)[:, 0]}
 
-    return draws
+    return _traced(model, max_ways, draws)
 
 
-def metadata_function(model, image_size):
-    """The ``metadata`` function: what a client needs to know to send a task (no inputs)."""
+def metadata_function(model, image_size, max_ways=None):
+    """The ``metadata`` function: what a client needs to know to send a task (no inputs). ``ways`` is
+    the trained N; ``min_ways``..``max_ways`` the N it serves (both ``ways`` for a fixed-N model)."""
     values = {"ways": tf.constant(model.ways, tf.int32), "image_size": tf.constant(int(image_size), tf.int32),
+              "min_ways": tf.constant(model.ways if max_ways is None else 2, tf.int32),
+              "max_ways": tf.constant(model.ways if max_ways is None else max_ways, tf.int32),
               "channels": tf.constant(int(model.encoder.input_shape[-1]), tf.int32),
               "max_request_images": tf.constant(MAX_REQUEST_IMAGES, tf.int32),
               "method": tf.constant(type(model).__name__),
@@ -185,18 +222,32 @@ def check_output(path):
     return path
 
 
-def export_saved_model(model, image_size, path):
-    """Write ``model`` as a SavedModel with the task signature to ``path`` (replacing an earlier one)."""
+def export_saved_model(model, image_size, path, any_ways=None, max_ways=None):
+    """Write ``model`` as a SavedModel with the task signature to ``path`` (replacing an earlier one).
+
+    ``any_ways`` (default: whether the model's weights serve any N, ``model.serves_any_ways``):
+    the SavedModel takes N from each request's labels (one more than the largest), from 2 to
+    ``max_ways`` (default :data:`MAX_SERVED_WAYS`), and refuses more with an ``InvalidArgumentError``
+    that says so. Otherwise it serves the model's own N only.
+    """
     path = check_output(path)
+    any_ways = model.serves_any_ways if any_ways is None else bool(any_ways)
+    if any_ways and not model.serves_any_ways:
+        raise UserInputError(f"{type(model).__name__}'s weights depend on the number of classes: it serves "
+                             f"{model.ways}-way tasks only")
+    max_ways = MAX_SERVED_WAYS if max_ways is None else max_ways
+    if any_ways and (isinstance(max_ways, bool) or not isinstance(max_ways, int) or max_ways < 2):
+        raise UserInputError(f"--max-ways must be an integer >= 2, got {max_ways!r}")
+    served = max_ways if any_ways else None
     path.parent.mkdir(parents=True, exist_ok=True)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serving_function(model, image_size),
+    archive.add_endpoint(name="serving_default", fn=serving_function(model, image_size, served),
                          input_signature=INPUT_SIGNATURE)
     if hasattr(model, "predictive_draws"):
-        archive.add_endpoint(name="posterior_draws", fn=draws_function(model, image_size),
+        archive.add_endpoint(name="posterior_draws", fn=draws_function(model, image_size, served),
                              input_signature=INPUT_SIGNATURE)
-    archive.add_endpoint(name="metadata", fn=metadata_function(model, image_size), input_signature=[])
+    archive.add_endpoint(name="metadata", fn=metadata_function(model, image_size, served), input_signature=[])
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         archive.write_out(str(staging / "model"), verbose=False)

@@ -231,6 +231,20 @@ class AmortizedBNN(EpisodicModel):
 
     served_prediction = "posterior_predictive"
 
+    @property
+    def serves_any_ways(self):
+        """The aligned posterior emits its output layer class-symmetrically, and the pooled task
+        encoding has a fixed size: then no weight depends on N."""
+        return self.posterior_kind == "aligned" and isinstance(self.task_encoder, ClassMeanPool)
+
+    def _set_ways(self, ways):
+        previous = super()._set_ways(ways)
+        self.task_encoder.ways = ways
+        for holder in (self.head, self.posterior):  # the output layer's fan-out is N
+            fan_in, _ = holder.layer_shapes[-1]
+            holder.layer_shapes = [*holder.layer_shapes[:-1], (fan_in, ways)]
+        return previous
+
     def evaluation_predictions(self, inputs, samples=None, with_draws=False):
         """Posterior predictive over ``samples`` draws, and the prediction of the posterior means,
         from one adapted posterior (with ``with_draws``, also the draws of the predictive)."""

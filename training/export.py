@@ -25,7 +25,11 @@ def build_parser():
                    help="posterior samples baked into the signature (Bayesian model); default the run's")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
     p.add_argument("--ways", type=int, default=None,
-                   help="classes per request, if not the run's (models that serve any N, see training.evaluate)")
+                   help="serve exactly this many classes per request; without it a model whose weights serve any "
+                        "N (protonet, matching, abml --posterior aligned --task-encoding pool) takes N from each "
+                        "request's labels, up to --max-ways, and any other model serves its trained N")
+    p.add_argument("--max-ways", type=int, default=None,
+                   help="the most classes per request a model that serves any N accepts (default 100)")
     p.add_argument("--weights", default="best", choices=("best", "last"),
                    help="best: the best validation epoch's weights where the run has them; last: the newest "
                         "(a finished run's model.weights.h5, else the latest checkpoint)")
@@ -34,7 +38,7 @@ def build_parser():
 
 def run(argv):
     args = build_parser().parse_args(argv)
-    from tfp_abml.export import check_output, export_saved_model
+    from tfp_abml.export import MAX_SERVED_WAYS, check_output, export_saved_model
     from tfp_abml.runs import load_run
 
     if args.samples is not None and args.samples < 1:
@@ -43,12 +47,20 @@ def run(argv):
     check_writable(args.output)
     if args.ways is not None and args.ways < 2:
         raise UserInputError(f"--ways must be >= 2, got {args.ways}")
+    if args.max_ways is not None and args.max_ways < 2:
+        raise UserInputError(f"--max-ways must be >= 2, got {args.max_ways}")
     config, model = load_run(args.run, weights=args.weights, ways=args.ways, data_dir=args.data_dir)
     if args.samples is not None and hasattr(model, "eval_samples"):
         model.eval_samples = args.samples
-    path = export_saved_model(model, config.resolved_image_size, args.output)
+    any_ways = model.serves_any_ways and args.ways is None
+    if args.max_ways is not None and not any_ways:
+        raise UserInputError(f"--max-ways applies to models that serve any N without --ways; this export serves "
+                             f"{config.ways}-way tasks only")
+    path = export_saved_model(model, config.resolved_image_size, args.output, any_ways=any_ways,
+                              max_ways=args.max_ways)
+    served = f"2 to {args.max_ways or MAX_SERVED_WAYS} classes, N from the labels" if any_ways else f"{config.ways}-way"
     print(f"wrote {path}: serving_default(support_images, support_labels, query_images) -> probabilities "
-          f"[{config.ways}-way, {config.method}, weights of {model.loaded_weights}]")
+          f"[{served}, {config.method}, weights of {model.loaded_weights}]")
 
 
 def main(argv=None):

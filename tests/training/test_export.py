@@ -52,6 +52,44 @@ def test_saved_model_matches_the_keras_model(protonet_run, data_dir, tmp_path):
     assert "serving_default" in shown.stdout and "support_labels" in shown.stdout and "probabilities" in shown.stdout
 
 
+def test_a_model_that_serves_any_n_takes_n_from_the_labels(protonet_run, data_dir, tmp_path):
+    from tfp_abml.data import make_sampler
+    from tfp_abml.runs import load_run
+
+    out = tmp_path / "savedmodel" / "1"
+    assert export.main(["--run", str(protonet_run), "--output", str(out), "--max-ways", "20"]) == 0
+    loaded = tf.saved_model.load(str(out))
+    meta = {k: v.numpy() for k, v in loaded.signatures["metadata"]().items()}
+    assert (meta["ways"], meta["min_ways"], meta["max_ways"]) == (5, 2, 20)
+    serve = loaded.signatures["serving_default"]
+    for ways in (20, 3):  # the run was trained 5-way
+        sampler = make_sampler("omniglot", "test", ways=ways, shots=2, queries=3, seed=9, data_dir=data_dir, image_size=28)
+        s_img, s_lab, q_img, _ = sampler.sample(0)
+        support, query = (s_img[..., None] / 255.0).astype(np.float32), (q_img[..., None] / 255.0).astype(np.float32)
+        served = serve(support_images=tf.constant(support), support_labels=tf.constant(s_lab),
+                       query_images=tf.constant(query))["probabilities"].numpy()
+        _, model = load_run(protonet_run, ways=ways)
+        expected = model.predict_episode({"support_images": support[None], "support_labels": s_lab[None],
+                                          "query_images": query[None]})[0].numpy()
+        assert served.shape == (3 * ways, ways)
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+    images = tf.zeros((21, 28, 28, 1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 20 classes"):
+        serve(support_images=images, support_labels=tf.range(21), query_images=images[:2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="every label 0..N-1 needs a support example"):
+        serve(support_images=images[:3], support_labels=tf.constant([0, 1, 3]), query_images=images[:2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2 classes"):
+        serve(support_images=images[:2], support_labels=tf.constant([0, 0]), query_images=images[:2])
+
+
+def test_max_ways_errors(protonet_run, tmp_path, capsys):
+    assert export.main(["--run", str(protonet_run), "--output", str(tmp_path / "a"), "--max-ways", "1"]) == 2
+    assert "--max-ways must be >= 2" in capsys.readouterr().err
+    assert export.main(["--run", str(protonet_run), "--output", str(tmp_path / "b"), "--ways", "5",
+                        "--max-ways", "9"]) == 2
+    assert "serves 5-way tasks only" in capsys.readouterr().err
+
+
 def test_a_calibrated_run_serves_its_temperature_scaled_prediction(protonet_run, data_dir, tmp_path):
     import json
     import shutil
@@ -90,7 +128,7 @@ def test_a_calibrated_run_serves_its_temperature_scaled_prediction(protonet_run,
 def test_bad_requests_fail_clearly(protonet_run, data_dir, tmp_path_factory, change, message):
     out = tmp_path_factory.getbasetemp() / "bad_requests_model"
     if not out.exists():
-        assert export.main(["--run", str(protonet_run), "--output", str(out)]) == 0
+        assert export.main(["--run", str(protonet_run), "--output", str(out), "--ways", "5"]) == 0  # fixed N
     serve = tf.saved_model.load(str(out)).signatures["serving_default"]
     support, labels, query = change(*_task(data_dir, 28))
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -111,3 +149,16 @@ def test_bayesian_model_exports_its_posterior_predictive(tmp_path, data_dir):
                            query_images=tf.constant(query))["probabilities"].numpy() for _ in range(2))
     assert first.shape == (15, 5) and np.allclose(first.sum(-1), 1, atol=1e-5)
     assert not np.allclose(first, second)  # fresh posterior draws per request
+    # The default abml serves any N: a 3-way request to a fresh load equals the Keras model rebuilt
+    # for 3 ways on its first draw (same seeds; the posterior draws advance a seed state per call).
+    from tfp_abml.runs import load_run
+
+    keep = np.isin(labels, [0, 1, 2])
+    three = dict(support_images=tf.constant(support[keep]), support_labels=tf.constant(labels[keep]),
+                 query_images=tf.constant(query))
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](**three)["probabilities"].numpy()
+    _, model = load_run(run, ways=3)
+    model.eval_samples = 3
+    expected = model.predict_episode({k: v[None] for k, v in three.items()})[0].numpy()
+    assert served.shape == (15, 3)
+    np.testing.assert_allclose(served, expected, atol=1e-5)

@@ -19,6 +19,8 @@ from tfp_abml.episodic import EpisodicModel, embed_tasks, mean_nll, split_suppor
 
 
 class MatchingNetwork(EpisodicModel):
+    serves_any_ways = True  # prototypes / attention over the support set, for any N
+
     def __init__(self, encoder, ways, initial_temperature=10.0, transductive_batch_norm=True, **kwargs):
         super().__init__(ways, **kwargs)
         self.encoder = encoder

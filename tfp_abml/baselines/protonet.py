@@ -15,6 +15,8 @@ from tfp_abml.task_encoding import class_means
 
 
 class PrototypicalNetwork(LogitModel):
+    serves_any_ways = True  # prototypes / attention over the support set, for any N
+
     def __init__(self, encoder, ways, transductive_batch_norm=True, **kwargs):
         super().__init__(ways, **kwargs)
         self.encoder = encoder
