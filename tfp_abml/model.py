@@ -55,6 +55,7 @@ import math
 from tfp_abml.bayesian_head import BayesianMLP
 from tfp_abml.choices import POSTERIORS
 from tfp_abml.episodic import EpisodicModel, embed_tasks, mean_nll, split_support_query
+from tfp_abml.flipout import DenseParams
 from tfp_abml.inner_loop import sgd_adapt
 from tfp_abml.posterior import AmortizedPosterior
 from tfp_abml.task_encoding import ClassMeanConcat, ClassMeanPool, class_means
@@ -191,9 +192,18 @@ class AmortizedBNN(EpisodicModel):
         return tf.reduce_mean(self.draws(params, query_embeddings, samples), axis=0)
 
     def draws(self, params, query_embeddings, samples):
-        """Query probabilities ``[S, T, M, N]`` under ``samples`` Flipout draws from the posterior."""
-        return tf.stack([tf.nn.softmax(self.head(query_embeddings, params, seed=self.flipout_seed))
-                         for _ in range(max(int(samples), 1))])
+        """Query probabilities ``[S, T, M, N]`` under ``samples`` Flipout draws from the posterior.
+
+        One batched head call, not a loop: the posterior and the queries are tiled ``S`` times along
+        the task axis (``[S * T, ...]``), so every draw gets its own noise from one random call per
+        layer and the graph holds one copy of the head whatever ``S`` is.
+        """
+        samples = max(int(samples), 1)
+        tile = lambda x: tf.tile(x, [samples] + [1] * (x.shape.rank - 1))
+        tiled = [DenseParams.from_tensors([tile(t) for t in layer.tensors()]) for layer in params]
+        logits = self.head(tile(query_embeddings), tiled, seed=self.flipout_seed)  # [S * T, M, N]
+        shape = tf.shape(logits)
+        return tf.nn.softmax(tf.reshape(logits, tf.concat([[samples, shape[0] // samples], shape[1:]], 0)))
 
     def predictive_draws(self, inputs, samples=None):
         """Query probabilities ``[S, T, M, N]``, one per posterior draw, after adapting to the support
