@@ -18,8 +18,9 @@ every ``--eval-ways`` (1-shot, 15 queries per class) on ``--tasks`` test tasks o
 the same tasks for every method (same seed). A run that has finished (``model.weights.h5``) is not
 trained again: delete its folder to retrain.
 
-Writes ``benchmarks/results/protocol_omniglot_1shot[-TAG].json`` (commands, episodes, minutes, every
-measure with its 95% interval) and ``protocol_omniglot_1shot[-TAG]_time.png``: validation accuracy per
+``--shots 5`` runs the 5-shot protocols (60-way 5-shot for ProtoNet and abml, 5-way 5-shot with 5
+queries for MAML) and evaluates 5-shot. Writes ``benchmarks/results/protocol_omniglot_<K>shot[-TAG].json`` (commands, episodes, minutes, every
+measure with its 95% interval) and ``protocol_omniglot_<K>shot[-TAG]_time.png``: validation accuracy per
 epoch against wall-clock minutes, every method on one plot.
 """
 
@@ -39,17 +40,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # The training task shape and schedule of each method's protocol (flags of training.fit).
-TRAINING = ["--ways", "60", "--shots", "1", "--queries", "5", "--meta-batch", "1", "--epochs", "1000",
+TRAINING = ["--ways", "60", "--queries", "5", "--meta-batch", "1", "--epochs", "1000",
             "--steps-per-epoch", "100", "--val-tasks", "50"]
-# MAML (Finn et al., 2017, A.1; their code): 5-way 1-shot tasks with one query per class, and
+# MAML (Finn et al., 2017, A.1; their code): 5-way K-shot tasks with K queries per class, and
 # training.fit's maml defaults, which are the paper's: meta-batch 32, 1 inner step at 0.4, 3 at test.
-MAML_TRAINING = ["--method", "maml", "--ways", "5", "--shots", "1", "--queries", "1", "--epochs", "1000",
-                 "--steps-per-epoch", "20", "--val-tasks", "128"]
+MAML_TRAINING = ["--method", "maml", "--ways", "5", "--epochs", "1000", "--steps-per-epoch", "20", "--val-tasks", "128"]
 PROTOCOLS = {"protonet": ["--method", "protonet", *TRAINING], "abml": ["--method", "abml", *TRAINING],
              "maml": MAML_TRAINING}
+
+
+def protocol(method, shots):
+    """training.fit flags of ``method``'s protocol at ``shots`` (training shots = test shots, as the papers)."""
+    flags = ["--shots", str(shots)]
+    if method == "maml":
+        flags += ["--queries", str(shots)]
+    return [*PROTOCOLS[method], *flags]
 # Ways a trained model can be evaluated at (None: any; maml has a 5-way output layer).
 SERVES = {"maml": [5]}
-PUBLISHED = {"protonet": {5: 98.8, 20: 96.0}, "maml": {5: 98.7}}  # Snell et al. (2017); Finn et al. (2017)
+# Snell et al. (2017); Finn et al. (2017): {shots: {ways: accuracy}}
+PUBLISHED = {"protonet": {1: {5: 98.8, 20: 96.0}, 5: {5: 99.7, 20: 98.9}},
+             "maml": {1: {5: 98.7, 20: 95.8}, 5: {5: 99.9, 20: 98.9}}}
 
 
 def episodes_per_epoch(method):
@@ -63,12 +73,12 @@ def training_ways(method):
     return int(flags[flags.index("--ways") + 1])
 
 
-def fit_command(method, data_dir, minutes, runs_dir, schedule="constant", learning_rates=None):
+def fit_command(method, data_dir, minutes, runs_dir, schedule="constant", learning_rates=None, shots=1):
     extra = ["--lr-schedule", schedule]
     if method in (learning_rates or {}):
         extra += ["--learning-rate", str(learning_rates[method])]
-    return [sys.executable, "-m", "training.fit", *PROTOCOLS[method], *extra, "--max-minutes", str(minutes),
-            "--data-dir", str(data_dir), "--output", str(run_dir(runs_dir, method)), "--verbose", "2"]
+    return [sys.executable, "-m", "training.fit", *protocol(method, shots), *extra, "--max-minutes", str(minutes),
+            "--data-dir", str(data_dir), "--output", str(run_dir(runs_dir, method, shots)), "--verbose", "2"]
 
 
 def learning_rate_override(text):
@@ -81,20 +91,20 @@ def learning_rate_override(text):
         raise argparse.ArgumentTypeError(f"{rate!r} is not a number (e.g. abml=1e-3)") from None
 
 
-def run_dir(runs_dir, method):
-    return pathlib.Path(runs_dir) / f"omniglot-{training_ways(method)}w1s-{method}"
+def run_dir(runs_dir, method, shots=1):
+    return pathlib.Path(runs_dir) / f"omniglot-{training_ways(method)}w{shots}s-{method}"
 
 
-def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates):
+def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates, shots=1):
     """Start every unfinished method's training at once; wait for all."""
     children = {}
     for method in methods:
-        if (run_dir(runs_dir, method) / "model.weights.h5").is_file():
-            print(f"{method}: finished run in {run_dir(runs_dir, method)}, not trained again", flush=True)
+        if (run_dir(runs_dir, method, shots) / "model.weights.h5").is_file():
+            print(f"{method}: finished run in {run_dir(runs_dir, method, shots)}, not trained again", flush=True)
             continue
         log = open(pathlib.Path(runs_dir) / f"{method}.log", "a")
-        children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir, schedule, learning_rates), cwd=REPO,
-                                            stdout=log, stderr=subprocess.STDOUT)
+        children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir, schedule, learning_rates, shots),
+                                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         print(f"{method}: training for {minutes} min, log in {log.name}", flush=True)
     for method, child in children.items():
         if child.wait() != 0:
@@ -119,15 +129,15 @@ def evaluation_curve(run):
     return times, values
 
 
-def evaluate(method, run, ways, tasks, data_dir):
-    command = [sys.executable, "-m", "training.evaluate", "--run", str(run), "--ways", str(ways), "--shots", "1",
+def evaluate(method, run, ways, tasks, data_dir, shots=1):
+    command = [sys.executable, "-m", "training.evaluate", "--run", str(run), "--ways", str(ways), "--shots", str(shots),
                "--queries", "15", "--tasks", str(tasks), "--seed", "0", "--data-dir", str(data_dir), "--verbose", "0"]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     result = json.loads((run / "eval_test.json").read_text())
     return {"command": " ".join(["python", *command[1:]]), **result}
 
 
-def plot(curves, path):
+def plot(curves, path, shots=1):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +147,7 @@ def plot(curves, path):
     for method, (minutes, accuracy) in curves.items():
         ax.plot(minutes, [100 * a for a in accuracy], label=method)
     ax.set_xlabel("wall-clock minutes of training (2-core CPU, methods trained side by side)")
-    ax.set_ylabel("validation accuracy, 60-way 1-shot (%)")
+    ax.set_ylabel(f"validation accuracy, training task shape, {shots}-shot (%)")
     ax.set_title("Omniglot, ProtoNet's protocol: what an hour of CPU buys")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -153,6 +163,7 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--minutes", type=float, default=68.0, help="wall-clock training budget per method")
     p.add_argument("--tasks", type=int, default=600)
+    p.add_argument("--shots", type=int, default=1, help="training and test shots (Snell et al.: 1 or 5)")
     p.add_argument("--eval-ways", type=int, nargs="+", default=[5, 20])
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "step", "cosine"),
                    help="training.fit --lr-schedule; step: halve every 2,000 episodes (Snell et al.)")
@@ -162,41 +173,43 @@ def main(argv=None):
     p.add_argument("--runs-dir", default=None, help="default runs/protocol[-TAG]")
     args = p.parse_args(argv)
     suffix = f"-{args.tag}" if args.tag else ""
-    runs_dir = args.runs_dir or f"runs/protocol{suffix}"
+    name = f"protocol_omniglot_{args.shots}shot{suffix}"
+    runs_dir = args.runs_dir or (f"runs/protocol{suffix}" if args.shots == 1 else f"runs/protocol-{args.shots}shot{suffix}")
     learning_rates = dict(args.learning_rate)
     pathlib.Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    train_all(args.methods, args.data_dir, args.minutes, runs_dir, args.lr_schedule, learning_rates)
+    train_all(args.methods, args.data_dir, args.minutes, runs_dir, args.lr_schedule, learning_rates, args.shots)
 
     from tfp_abml.checkpointing import read_json, write_json_atomic
 
     results, curves = {}, {}
     for method in args.methods:
-        run = run_dir(runs_dir, method)
+        run = run_dir(runs_dir, method, args.shots)
         history = read_json(run / "history.json", {})
         curves[method] = evaluation_curve(run)
         started = time.perf_counter()
-        evaluations = {f"{ways}-way 1-shot": evaluate(method, run, ways, args.tasks, args.data_dir)
+        evaluations = {f"{ways}-way {args.shots}-shot": evaluate(method, run, ways, args.tasks, args.data_dir, args.shots)
                        for ways in args.eval_ways if ways in SERVES.get(method, [ways])}
         results[method] = {
             "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, runs_dir, args.lr_schedule,
-                                                               learning_rates)[1:]]),
+                                                               learning_rates, args.shots)[1:]]),
             "epochs": len(history.get("epoch", [])),
             "training_episodes": episodes_per_epoch(method) * len(history.get("epoch", [])),
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,
             "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
-            "evaluation_seconds": time.perf_counter() - started, "published": PUBLISHED.get(method, {}),
+            "evaluation_seconds": time.perf_counter() - started,
+            "published": PUBLISHED.get(method, {}).get(args.shots, {}),
             "evaluations": evaluations}
         for name, result in evaluations.items():
             s = next(iter(result["predictions"].values()))
             print(f"{method:9s} {name}: {100 * s['accuracy']:.2f} +- {100 * s['accuracy_ci95']:.2f}% "
                   f"NLL {s['nll']:.3f} ECE {100 * s['ece']:.2f}% OOD AUROC {s.get('ood_auroc', float('nan')):.3f} "
                   f"({result['weights']})", flush=True)
-    out = RESULTS / f"protocol_omniglot_1shot{suffix}.json"
+    out = RESULTS / f"{name}.json"
     write_json_atomic(out, {"command": "python benchmarks/protocol.py " + " ".join(argv or sys.argv[1:]),
                             "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
                             "protocol": __doc__.split("\n\n")[2], "methods": results})
-    figure = RESULTS / f"protocol_omniglot_1shot{suffix}_time.png"
-    plot(curves, figure)
+    figure = RESULTS / f"{name}_time.png"
+    plot(curves, figure, args.shots)
     print(f"wrote {out} and {figure}")
 
 

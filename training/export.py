@@ -28,6 +28,10 @@ def build_parser():
                    help="serve exactly this many classes per request; without it a model whose weights serve any "
                         "N (protonet, matching, abml --posterior aligned --task-encoding pool) takes N from each "
                         "request's labels, up to --max-ways, and any other model serves its trained N")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first fit the served prediction's temperature on validation tasks and store it in the run, "
+                        "as training.evaluate --calibrate does; the SavedModel then serves the scaled prediction")
+    p.add_argument("--calibration-tasks", type=int, default=300, help="validation tasks --calibrate fits on")
     p.add_argument("--max-ways", type=int, default=None,
                    help="the most classes per request a model that serves any N accepts (default 100)")
     p.add_argument("--weights", default="best", choices=("best", "last"),
@@ -47,11 +51,24 @@ def run(argv):
     check_writable(args.output)
     if args.ways is not None and args.ways < 2:
         raise UserInputError(f"--ways must be >= 2, got {args.ways}")
+    if args.calibration_tasks < 1:
+        raise UserInputError(f"--calibration-tasks must be >= 1, got {args.calibration_tasks}")
     if args.max_ways is not None and args.max_ways < 2:
         raise UserInputError(f"--max-ways must be >= 2, got {args.max_ways}")
     config, model = load_run(args.run, weights=args.weights, ways=args.ways, data_dir=args.data_dir)
     if args.samples is not None and hasattr(model, "eval_samples"):
         model.eval_samples = args.samples
+    if args.calibrate:
+        from tfp_abml.evaluation import fit_temperatures
+        from tfp_abml.runs import save_calibration
+
+        check_writable(args.run, "--run")  # calibration.json goes into the run
+        record = fit_temperatures(config, model, args.calibration_tasks, progress=False)
+        save_calibration(args.run, record)
+        model.temperatures = record["temperatures"]
+        name = model.served_prediction
+        print(f"temperature of {name}: {record['temperatures'][name]:.3f} (NLL on {args.calibration_tasks} validation "
+              f"tasks {record['nll_before'][name]:.3f} -> {record['nll_after'][name]:.3f})")
     any_ways = model.serves_any_ways and args.ways is None
     if args.max_ways is not None and not any_ways:
         raise UserInputError(f"--max-ways applies to models that serve any N without --ways; this export serves "

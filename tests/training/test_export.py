@@ -82,6 +82,19 @@ def test_a_model_that_serves_any_n_takes_n_from_the_labels(protonet_run, data_di
         serve(support_images=images[:2], support_labels=tf.constant([0, 0]), query_images=images[:2])
 
 
+def test_export_calibrate_fits_and_serves_the_temperature(protonet_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(protonet_run, run)
+    out = tmp_path / "savedmodel" / "1"
+    assert export.main(["--run", str(run), "--output", str(out), "--calibrate", "--calibration-tasks", "6"]) == 0
+    temperature = json.loads((run / "calibration.json").read_text())["temperatures"]["prediction"]
+    served = float(tf.saved_model.load(str(out)).signatures["metadata"]()["temperature"].numpy())
+    assert served == pytest.approx(temperature, rel=1e-6) and temperature != 1.0
+
+
 def test_max_ways_errors(protonet_run, tmp_path, capsys):
     assert export.main(["--run", str(protonet_run), "--output", str(tmp_path / "a"), "--max-ways", "1"]) == 2
     assert "--max-ways must be >= 2" in capsys.readouterr().err
