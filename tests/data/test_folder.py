@@ -58,7 +58,8 @@ def _write_colour(root):
                 colour = j % 2 == 0
                 value = (30 + 15 * number, 20 + 30 * j, 90) if colour else 30 + 15 * number + j
                 suffix = ".jpg" if (number + j) % 3 == 0 else ".png"
-                _save(root / split / name / f"{j:02d}{suffix}", "RGB" if colour else "L", value, SIZES[(number + j) % 5])
+                _save(root / split / name / f"{j:02d}{suffix}", "RGB" if colour else "L", value,
+                      SIZES[(number + j) % 5])
                 colours.append(value if colour else (value,) * 3)
             expected[split][name] = colours
             number += 1
@@ -272,7 +273,8 @@ BAD = {
     "small training class": (lambda tmp, c, g: c, ["--train-queries", "4"],
                              r"class .*/train/train class 0 has 3 images, fewer than --shots 1 \+ --train-queries 4"),
     "few classes": (lambda tmp, c, g: c, ["--ways", "5"],
-                    r"--ways 5 is larger than the 4 classes of .*colour0/train: use --ways 4 or fewer, or add class folders"),
+                    r"--ways 5 is larger than the 4 classes of .*colour0/train: use --ways 4 or fewer, or add class "
+                    r"folders"),
     "few test classes": (lambda tmp, c, g: g, ["--ways", "7", "--train-ways", "3", "--method", "protonet"],
                          r"--ways 7 is larger than the 6 classes of the test split of .* \(--class-split 0.64"),
     "garbage image": (lambda tmp, c, g: _damage(_copy(c, tmp / "d"), lambda p: p.write_bytes(b"no PNG")), [],

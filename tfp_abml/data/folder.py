@@ -79,7 +79,8 @@ class Listing:
     splits: dict
 
     def where(self, split):
-        """Where a split's classes are, for messages: ``ROOT/test`` or ``the test split of ROOT (--class-split ...)``."""
+        """Where a split's classes are, for messages: ``ROOT/test``, or ``the test split of ROOT
+        (--class-split ...)``."""
         if self.layout == SPLIT_LAYOUT:
             return f"{self.root / split}"
         return f"the {split} split of {self.root} (--class-split {self.class_split})"
@@ -100,7 +101,8 @@ class Listing:
 
 @dataclasses.dataclass(frozen=True)
 class FolderClasses:
-    """One split, ragged: uint8 ``images[total, size, size(, 3)]``, class ``c`` the ``counts[c]`` after those before it."""
+    """One split, ragged: uint8 ``images[total, size, size(, 3)]``, class ``c`` the ``counts[c]`` images
+    after those of the classes before it."""
 
     names: tuple
     counts: tuple
