@@ -103,6 +103,12 @@ class RunConfig:
     seed: int = 0
     jit: str = "auto"
     data_dir: str | None = None
+    # --dataset folder: the fractions of its classes for train, val, test when it has no split
+    # folders (None: tfp_abml.data.folder.DEFAULT_CLASS_SPLIT, "0.64,0.16,0.20", which training.fit
+    # writes into config.json), and the channels of its images (1 grey, 3 colour), which
+    # training.fit finds in the images and records, so that a run's model is built without them.
+    class_split: str | None = None
+    image_channels: int | None = None
 
     def __post_init__(self):
         # Unset inner-loop settings and meta-batch follow the method's paper (method_defaults).
@@ -134,6 +140,7 @@ class RunConfig:
             raise UserInputError(f"unknown method {self.method!r}: use --method {' or '.join(METHODS)}")
         if self.dataset not in DATASETS:
             raise UserInputError(f"unknown dataset {self.dataset!r}: use --dataset {' or '.join(DATASETS)}")
+        self._validate_folder()
         if self.encoder not in ENCODERS:
             raise UserInputError(f"unknown encoder {self.encoder!r}: use --encoder {' or '.join(ENCODERS)}")
         if self.posterior not in POSTERIORS:
@@ -176,12 +183,13 @@ class RunConfig:
             raise UserInputError(f"--kl-scale must be >= 0, got {self.kl_scale}")
         if any(int(u) < 1 for u in self.hidden_units):
             raise UserInputError(f"--hidden-units must be positive integers, got {list(self.hidden_units)}")
+        # A folder's classes have no fixed size: training.fit checks them when it lists the folder.
         examples = EXAMPLES_PER_CLASS[self.dataset]
         per_class = ("drawers per Omniglot character" if self.dataset == "omniglot"
                      else f"images per {self.dataset} class")
         for prefix, shots, queries in (("", self.shots, self.queries),
                                        ("train-", self.resolved_train_shots, self.resolved_train_queries)):
-            if shots + queries > examples:
+            if examples is not None and shots + queries > examples:
                 raise UserInputError(f"--{prefix}shots {shots} + --{prefix}queries {queries} = {shots + queries} "
                                      f"is more than the {examples} {per_class}: lower --{prefix}shots or "
                                      f"--{prefix}queries")
@@ -193,6 +201,28 @@ class RunConfig:
         if self.encoder_weights is not None and self.encoder != "efficientnet_b0":
             raise UserInputError("--encoder-weights applies only to --encoder efficientnet_b0")
         return self
+
+    def _validate_folder(self):
+        from tfp_abml.data.folder import parse_class_split
+
+        if self.dataset != "folder":
+            if self.class_split is not None:
+                raise UserInputError(f"--class-split applies only to --dataset folder (class folders without split "
+                                     f"folders), not {self.dataset}: leave it out")
+            if self.image_channels is not None:
+                raise UserInputError(f"image_channels is a --dataset folder setting (found in its images), not "
+                                     f"{self.dataset}'s: leave it out of the config")
+            return
+        if self.data_dir in (None, ""):
+            raise UserInputError("--dataset folder needs --data-dir ROOT, the folder of your images: "
+                                 "ROOT/<class>/<image>, or ROOT/train/<class>/<image> with val/ and test/ beside it")
+        if self.class_split is not None:
+            if not isinstance(self.class_split, str):
+                raise UserInputError(f"--class-split must be three fractions such as 0.64,0.16,0.20, "
+                                     f"got {self.class_split!r}")
+            parse_class_split(self.class_split)
+        if self.image_channels not in (None, 1, 3) or isinstance(self.image_channels, bool):
+            raise UserInputError(f"image_channels must be 1 (grey) or 3 (colour), got {self.image_channels!r}")
 
     @property
     def ways_agnostic(self):
@@ -270,9 +300,16 @@ class RunConfig:
 
     @property
     def channels(self):
-        """Colour channels of the dataset's images (Omniglot 1, miniImageNet 3): the encoder's input depth."""
+        """Colour channels of the dataset's images (Omniglot 1, miniImageNet 3, a folder's as recorded,
+        else as its images are): the encoder's input depth."""
         from tfp_abml.data.pipeline import CHANNELS
 
+        if self.dataset == "folder":
+            if self.image_channels is not None:
+                return self.image_channels
+            from tfp_abml.data import folder
+
+            return folder.image_channels(folder.find_classes(self.data_dir, self.class_split))
         return CHANNELS[self.dataset]
 
     # -- (de)serialisation ---------------------------------------------------------------------
@@ -348,7 +385,7 @@ class RunConfig:
 
         return make_sampler(self.dataset, split, self.ways, self.shots, self.queries,
                             self.seed if seed is None else seed, self.data_dir, self.resolved_image_size,
-                            self.split_scheme)
+                            self.split_scheme, class_split=self.class_split, channels=self.image_channels)
 
     def compiled_model(self, measure_jit=False):
         """``build_model()`` compiled with the outer Adam optimizer and the ``--jit`` setting

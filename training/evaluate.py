@@ -65,6 +65,7 @@ def run(args):
     run_dir = pathlib.Path(args.run)
     if (run_dir / "config.json").is_file():  # load_run names a folder that is not a run
         check_writable(run_dir, "--run")  # eval_<split>.json and the plot go there
+        _check_folder_classes(run_dir, args)
     config, model = load_run(run_dir, weights=args.weights, ways=args.ways, shots=args.shots, queries=args.queries,
                              data_dir=args.data_dir)
     if args.verbose:
@@ -98,6 +99,25 @@ def run(args):
     print(format_table(result))
     print(f"wrote {run_dir / f'eval_{suffix}.json'} and {figure}")
     return result
+
+
+def _check_folder_classes(run_dir, args):
+    """A ``--dataset folder`` run: are the classes its ``classes.json`` records still those of the folder?
+    Checked from the listing, before the model is built."""
+    import dataclasses
+
+    from tfp_abml.data.folder import check_recorded_classes
+    from tfp_abml.run_config import RunConfig
+
+    config = RunConfig.load(run_dir / "config.json")
+    if config.dataset != "folder":
+        return
+    data_dir = args.data_dir or config.data_dir
+    config = dataclasses.replace(config, data_dir=data_dir)
+    for split in dict.fromkeys([args.split, "val"] if args.calibrate else [args.split]):
+        note = check_recorded_classes(run_dir, config.data_dir, config.class_split, split)
+        if note:
+            print(note, file=sys.stderr)
 
 
 def format_table(result):

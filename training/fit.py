@@ -36,13 +36,18 @@ def build_parser():
                    help="abml: the paper's amortized BNN; baselines: protonet, maml, metasgd, matching")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=_DEFAULTS.dataset,
-                      help="omniglot or miniimagenet (needs --data-dir, see docs/data.md)")
+                      help="omniglot, miniimagenet or folder (your own images; both need --data-dir, "
+                           "see docs/data.md)")
     data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake"),
                       help="class split: vinyals (with rotations; the published one) or lake")
     data.add_argument("--data-dir", default=None,
                       help="folder with omniglot/images_{background,evaluation}.zip and omniglot/splits/ "
-                           "(or miniimagenet/images/ and the Ravi CSVs); default $TFP_ABML_DATA_DIR, "
+                           "(or miniimagenet/images/ and the Ravi CSVs; for --dataset folder the folder of "
+                           "<class>/<image> or {train,val,test}/<class>/<image>); default $TFP_ABML_DATA_DIR, "
                            "else Omniglot through TFDS's download")
+    data.add_argument("--class-split", default=None,
+                      help="--dataset folder without split folders: fractions of its classes for train,val,test, "
+                           "drawn with the fixed seed 0; default 0.64,0.16,0.20")
     data.add_argument("--ways", type=int, default=_DEFAULTS.ways, help="classes per task (N)")
     data.add_argument("--shots", type=int, default=_DEFAULTS.shots, help="support examples per class (K)")
     data.add_argument("--queries", type=int, default=_DEFAULTS.queries, help="query examples per class")
@@ -228,17 +233,20 @@ def prepare_output(config, output, overwrite):
 
 
 def check_data(config):
-    """Fail before importing TensorFlow if the data or the task shape cannot work."""
+    """Fail before importing TensorFlow if the data or the task shape cannot work; returns the config
+    with what the data settles (a folder's channels and class split), which is what the run records."""
     from tfp_abml.data import miniimagenet, omniglot, splits
 
+    if config.dataset == "folder":
+        return check_folder(config)
     if config.dataset == "miniimagenet":
         miniimagenet.check_ways(config.ways, config.data_dir)
-        return
+        return config
     data_dir = omniglot.resolve_data_dir(config.data_dir)
     if data_dir is not None:
         omniglot.find_sources(data_dir)
     if config.split_scheme == "lake":
-        return  # class counts are checked by the sampler once the images are loaded
+        return config  # class counts are checked by the sampler once the images are loaded
     for split in ("train", "val"):  # validation uses the training task shape
         count = splits.num_classes(split, config.split_scheme, config.data_dir)
         if config.resolved_train_ways > count:
@@ -248,6 +256,25 @@ def check_data(config):
     count = splits.num_classes("test", config.split_scheme, config.data_dir)
     if config.ways > count:
         raise UserInputError(f"--ways {config.ways} is larger than the {count} classes of the test split")
+    return config
+
+
+def check_folder(config):
+    """``--dataset folder``: the layout, the class split, every split's classes against the task shape
+    (train and val: the training shape; test: the evaluation one) and every image's header, all
+    before TensorFlow loads. Returns the config with the images' channels and the class split used."""
+    import dataclasses
+
+    from tfp_abml.data import folder
+
+    listing = folder.find_classes(config.data_dir, config.class_split)
+    trained = config.for_training()
+    train_flags = tuple(f"--train-{name}" if getattr(config, f"train_{name}") is not None else f"--{name}"
+                        for name in ("ways", "shots", "queries"))
+    for split in ("train", "val"):  # validation uses the training task shape
+        folder.check_split(listing, split, trained.ways, trained.shots, trained.queries, train_flags)
+    folder.check_split(listing, "test", config.ways, config.shots, config.queries)
+    return dataclasses.replace(config, class_split=listing.class_split, image_channels=folder.image_channels(listing))
 
 
 def check_encoder_weights(config):
@@ -328,6 +355,10 @@ def _train(config, output, verbose, max_minutes, strategy):
         distribute.synchronize_batch_norm(model, strategy)
         state = TrainingState(model, output / "checkpoints")
     write_json_atomic(output / "config.json", saved_config.to_dict())  # both task shapes
+    if config.dataset == "folder":  # the classes of each split, as this run splits them
+        from tfp_abml.data import folder
+
+        folder.write_classes(output, folder.find_classes(config.data_dir, config.class_split), config.channels)
 
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()
@@ -387,7 +418,7 @@ def _fit(argv):
     writes = cluster is None or cluster.is_chief  # the other workers of a cluster write nothing to --output
     if writes:
         check_writable(output)
-    check_data(config)
+    config = check_data(config)
     check_encoder_weights(config)
     created = writes and not output.exists()
     if writes:

@@ -2,7 +2,8 @@
 
 Omniglot: ``omniglot`` (reader) -> ``splits`` (Vinyals or Lake classes); miniImageNet:
 ``miniimagenet`` (Ravi & Larochelle's classes). Both read their images through TFDS
-(``tfds_builders``: local builders for files on disk, TFDS's own ``omniglot`` online).
+(``tfds_builders``: local builders for files on disk, TFDS's own ``omniglot`` online). A user's
+own image folders: ``folder`` (split folders, or class folders divided by ``--class-split``).
 """
 
 from tfp_abml.data.pipeline import DATASETS, episode_dataset, make_sampler

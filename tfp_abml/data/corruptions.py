@@ -115,6 +115,7 @@ class CorruptedSampler:
         check_corruption(name, severity)
         self.sampler, self.name, self.severity, self.seed = sampler, name, int(severity), int(seed)
         self.ways, self.shots, self.queries, self.images = sampler.ways, sampler.shots, sampler.queries, sampler.images
+        self.image_shape = sampler.image_shape
 
     def sample(self, index):
         support, support_labels, query, query_labels = self.sampler.sample(index)

@@ -2,7 +2,8 @@
 
 Each element is ``({"support_images", "support_labels", "query_images"}, query_labels)``
 with a leading meta-batch axis: images float32 ``[B, N*K, H, W, C]`` in [0, 1]
-(Omniglot: C = 1, background 1, ink 0, as decoded; miniImageNet: C = 3, RGB),
+(Omniglot: C = 1, background 1, ink 0, as decoded; miniImageNet: C = 3, RGB; a folder of one's
+own images: 1 if all are grey, else 3),
 labels int32. Sampling runs in parallel
 numpy calls keyed by episode index, so the order is deterministic.
 """
@@ -13,12 +14,14 @@ from tfp_abml.data.sampling import EpisodeSampler
 from tfp_abml.data.splits import omniglot_split
 from tfp_abml.errors import UserInputError
 
-DATASETS = ("omniglot", "miniimagenet")
+DATASETS = ("omniglot", "miniimagenet", "folder")
 # Per dataset: images per class (the most --shots + --queries can be), image side when neither
 # --image-size nor the encoder says otherwise (None: the encoder's default), colour channels.
-EXAMPLES_PER_CLASS = {"omniglot": 20, "miniimagenet": 600}
-DEFAULT_IMAGE_SIZE = {"omniglot": None, "miniimagenet": 84}
-CHANNELS = {"omniglot": 1, "miniimagenet": 3}
+# A folder of one's own images (tfp_abml.data.folder) has neither fixed: its classes are counted
+# and its channels found when it is read.
+EXAMPLES_PER_CLASS = {"omniglot": 20, "miniimagenet": 600, "folder": None}
+DEFAULT_IMAGE_SIZE = {"omniglot": None, "miniimagenet": 84, "folder": None}
+CHANNELS = {"omniglot": 1, "miniimagenet": 3, "folder": None}
 
 
 def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=None):
@@ -39,8 +42,8 @@ def indexed_episode_dataset(sampler: EpisodeSampler, indices, meta_batch=1):
     if meta_batch < 1:
         raise UserInputError(f"--meta-batch must be >= 1, got {meta_batch}")
     n, k, q = sampler.ways, sampler.shots, sampler.queries
-    h, w = sampler.images.shape[2:4]
-    c = sampler.images.shape[4] if sampler.images.ndim == 5 else 1
+    h, w = sampler.image_shape[:2]
+    c = sampler.image_shape[2] if len(sampler.image_shape) == 3 else 1
 
     def sample(index):
         s_img, s_lab, q_img, q_lab = tf.numpy_function(
@@ -56,10 +59,19 @@ def indexed_episode_dataset(sampler: EpisodeSampler, indices, meta_batch=1):
 
 
 def make_sampler(dataset="omniglot", split="train", ways=5, shots=1, queries=15, seed=0,
-                 data_dir=None, image_size=28, split_scheme="vinyals"):
-    """An EpisodeSampler over one split of a dataset (``split_scheme`` is Omniglot's; miniImageNet has Ravi's)."""
+                 data_dir=None, image_size=28, split_scheme="vinyals", class_split=None, channels=None):
+    """An EpisodeSampler over one split of a dataset (``split_scheme`` is Omniglot's; miniImageNet has Ravi's).
+
+    ``class_split`` and ``channels`` are the folder dataset's (``--class-split``; the channels the
+    model takes, None: the images')."""
     if dataset not in DATASETS:
         raise UserInputError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+    if dataset == "folder":
+        from tfp_abml.data.folder import folder_split
+
+        classes = folder_split(split, data_dir, image_size, class_split, channels)
+        return EpisodeSampler(classes.images, ways, shots, queries, seed, split_name=classes.where,
+                              counts=classes.counts, class_names=classes.names)
     if dataset == "miniimagenet":
         from tfp_abml.data.miniimagenet import miniimagenet_split
 
