@@ -315,8 +315,13 @@ def torch_peer(settings, block_seconds, repeats):
 
 # -- serving latency -----------------------------------------------------------------------------
 
-def serving_latency(settings, train_steps, calls, warmup, folder):
-    """p50/p95 of ``serving_default`` calls on an exported model fresh from a tiny training run."""
+def serving_latency(settings, train_steps, calls, warmup, folder, draws=(1, 10, 50), eval_tasks=8):
+    """p50/p95 of ``serving_default`` calls on exports of one model fresh from a tiny training run,
+    one export per posterior draw count in ``draws``, called in turn (interleaved, so that every
+    count sees the same machine); and evaluation time per task at each draw count
+    (``evaluation_predictions`` on ``eval_tasks``-task meta-batches, interleaved too).
+
+    The first count's figures are also the top-level ``p50_ms`` etc. (the serving target)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -331,23 +336,45 @@ def serving_latency(settings, train_steps, calls, warmup, folder):
     model(config.example_inputs())
     model.fit(episode_dataset(config.sampler("train"), config.meta_batch), epochs=1, steps_per_epoch=train_steps,
               verbose=0)
-    path = export_saved_model(model, config.resolved_image_size, os.path.join(folder, "1"))
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    servers = {}
+    for count in draws:
+        model.eval_samples = count
+        path = export_saved_model(model, config.resolved_image_size, os.path.join(folder, f"draws{count}", "1"))
+        servers[count] = tf.saved_model.load(str(path)).signatures["serving_default"]
     support, labels, query, _ = config.sampler("test").sample(0)
-    request = {"support_images": tf.constant(support[..., None] / 255.0, tf.float32) if support.ndim == 3
-               else tf.constant(support / 255.0, tf.float32),
-               "support_labels": tf.constant(labels, tf.int32),
-               "query_images": tf.constant(query[..., None] / 255.0, tf.float32) if query.ndim == 3
-               else tf.constant(query / 255.0, tf.float32)}
+    as_float = lambda x: tf.constant((x[..., None] if x.ndim == 3 else x) / 255.0, tf.float32)
+    request = {"support_images": as_float(support), "support_labels": tf.constant(labels, tf.int32),
+               "query_images": as_float(query)}
     for _ in range(warmup):
-        serve(**request)["probabilities"].numpy()
-    latencies = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        serve(**request)["probabilities"].numpy()
-        latencies.append(time.perf_counter() - start)
-    ms = 1000.0 * np.asarray(latencies)
+        for serve in servers.values():
+            serve(**request)["probabilities"].numpy()
+    latencies = {count: [] for count in draws}
+    for call in range(calls):
+        order = list(draws) if call % 2 == 0 else list(reversed(draws))
+        for count in order:
+            start = time.perf_counter()
+            servers[count](**request)["probabilities"].numpy()
+            latencies[count].append(time.perf_counter() - start)
+    # Evaluation: one meta-batch of tasks through evaluation_predictions (draws and posterior means).
+    inputs, _ = next(iter(episode_dataset(config.sampler("test"), eval_tasks)))
+    evaluators = {count: tf.function(lambda x, count=count: model.evaluation_predictions(x, count, with_draws=True))
+                  for count in draws}
+    for evaluate in evaluators.values():
+        tf.nest.map_structure(lambda t: t.numpy(), evaluate(inputs))
+    evaluation = {count: [] for count in draws}
+    for call in range(max(calls // 10, 5)):
+        for count in (draws if call % 2 == 0 else tuple(reversed(draws))):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), evaluators[count](inputs))
+            evaluation[count].append((time.perf_counter() - start) / eval_tasks)
+    by_draws = {}
+    for count in draws:
+        ms = 1000.0 * np.asarray(latencies[count])
+        per_task = 1000.0 * np.asarray(evaluation[count])
+        by_draws[str(count)] = {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+                                "mean_ms": float(ms.mean()), "evaluation_ms_per_task_p50": float(np.median(per_task))}
+    first = by_draws[str(draws[0])]
     return {"settings": settings, "support_images": int(support.shape[0]), "query_images": int(query.shape[0]),
-            "calls": calls, "warmup_calls": warmup, "train_steps": train_steps,
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "mean_ms": float(ms.mean())}
+            "calls": calls, "warmup_calls": warmup, "train_steps": train_steps, "draws": by_draws,
+            "evaluation_tasks_per_batch": eval_tasks, "p50_ms": first["p50_ms"], "p95_ms": first["p95_ms"],
+            "mean_ms": first["mean_ms"]}
