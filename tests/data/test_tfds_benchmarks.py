@@ -304,7 +304,7 @@ def _last_error(capsys):
     return lines[0]
 
 
-# Per fault: (dataset, flags, the TFDS data dir: "root" or "empty", message).
+# Per fault: (dataset, flags, the TFDS data dir: "root", "empty", "nowhere" or "damaged", message).
 BAD = {
     "not prepared": ("cifar_fs", [], "empty",
                      r"TFDS's cifar100 is not prepared in .*empty, and training never downloads: on a machine online "
@@ -345,6 +345,9 @@ BAD = {
     "class split leaves a split empty": ("tfds:tiny_shapes:kind", [], "root",
                                          r"--class-split 0.64,0.16,0.20 gives the val split none of the 2 classes of "
                                          r"tfds:tiny_shapes:kind"),
+    "damaged records": ("tfds:tiny_shapes", [], "damaged",
+                        r"cannot read tfds:tiny_shapes in .*damaged \(DataLossError: .*\): its prepared files are "
+                        r"damaged or incomplete; prepare it again: on a machine online run `tfds build tiny_shapes"),
     "too many shots for cifar": ("cifar_fs", ["--shots", "590", "--queries", "15"], "root",
                                  r"--shots 590 \+ --queries 15 = 605 is more than the 600 images per cifar_fs class"),
 }
@@ -353,9 +356,16 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_exit_2_and_nothing_written(case, tfds_root, tmp_path, capsys):
     dataset, flags, where, message = BAD[case]
-    data_dir = {"root": tfds_root, "empty": tmp_path / "empty", "nowhere": tmp_path / "nowhere"}[where]
+    data_dir = {"root": tfds_root, "empty": tmp_path / "empty", "nowhere": tmp_path / "nowhere",
+                "damaged": tmp_path / "damaged"}[where]
     if where == "empty":
         data_dir.mkdir()
+    if where == "damaged":  # a copy cut short: its train records end mid-record
+        import shutil
+
+        shutil.copytree(tfds_root / "tiny_shapes", data_dir / "tiny_shapes")
+        shard = next((data_dir / "tiny_shapes" / "1.0.0").glob("tiny_shapes-train.tfrecord-*"))
+        shard.write_bytes(shard.read_bytes()[:-100])
     output = tmp_path / "run"
     code = fit.main(["--dataset", dataset, "--data-dir", str(data_dir), *TASK, *SHORT, *flags,
                      "--output", str(output)])

@@ -294,12 +294,28 @@ def _dataset(source, keys):
         return builder.as_dataset(split="+".join(source.tfds_splits), shuffle_files=False, decoders=decoders)
 
 
+@contextlib.contextmanager
+def _reading(source):
+    """A record TensorFlow cannot read (a damaged or partly copied TFDS folder): one line, not a traceback."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.OpError as err:
+        first = (str(err.message).strip().splitlines() or [type(err).__name__])[0]
+        raise UserInputError(f"cannot read {source.label} in {source.data_dir} ({type(err).__name__}: {first}): "
+                             f"its prepared files are damaged or incomplete; prepare it again: "
+                             f"{_prepare_help(source.spec, source.data_dir)}") from None
+
+
 @functools.lru_cache(maxsize=4)
 def labels(source):
-    """``(labels, coarse labels or None)``: int64 arrays over every example, in TFDS's order."""
+    """``(labels, coarse labels or None)``: int64 arrays over every example, in TFDS's order (-1: an
+    unlabelled example, as in some TFDS datasets' extra splits; left out of every class)."""
     keys = [source.spec.label_key] + (["coarse_label"] if source.coarse_names is not None else [])
-    parts = [tuple(batch[key] for key in keys) for batch in
-             _dataset(source, keys).batch(8192).as_numpy_iterator()]
+    with _reading(source):
+        parts = [tuple(batch[key] for key in keys) for batch in
+                 _dataset(source, keys).batch(8192).as_numpy_iterator()]
     if not parts:
         raise UserInputError(f"{source.label} in {source.data_dir} has no examples: prepare it again: "
                              f"{_prepare_help(source.spec, source.data_dir)}")
@@ -310,7 +326,8 @@ def labels(source):
 def superclass_of(source):
     """fc100: ``{fine class name: superclass name}`` from the data (each example has both labels)."""
     fine, coarse = labels(source)
-    pairs = np.unique(np.stack([fine, coarse], axis=1), axis=0)
+    labelled = (fine >= 0) & (coarse >= 0)
+    pairs = np.unique(np.stack([fine[labelled], coarse[labelled]], axis=1), axis=0)
     mapping = {}
     for f, c in pairs:
         name = source.class_names[f]
@@ -385,7 +402,8 @@ def find_classes(dataset, data_dir=None, class_split=None) -> Listing:
 @functools.lru_cache(maxsize=4)
 def _listing(source, class_split):
     names = split_names(source, class_split)
-    counts = np.bincount(labels(source)[0], minlength=len(source.class_names))
+    fine = labels(source)[0]
+    counts = np.bincount(fine[fine >= 0], minlength=len(source.class_names))
     index = {name: i for i, name in enumerate(source.class_names)}
     return Listing(source, class_split,
                    {split: tuple((name, int(counts[index[name]])) for name in names[split]) for split in SPLITS})
@@ -449,14 +467,15 @@ def _pool(listing, size):  # listing: one of _listing's (cached), so the same sp
 
     pixels = _dataset(source, [image_key, label_key]).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
     position = 0
-    for batch, batch_labels in pixels.batch(_BATCH).prefetch(2).as_numpy_iterator():
-        count = len(batch_labels)
-        if not np.array_equal(batch_labels, fine[position:position + count]):
-            raise RuntimeError(f"{source.label}: TFDS read the examples in another order than on the first pass")
-        slots = slot[position:position + count]
-        keep = slots >= 0
-        images[slots[keep]] = batch[keep]
-        position += count
+    with _reading(source):
+        for batch, batch_labels in pixels.batch(_BATCH).prefetch(2).as_numpy_iterator():
+            count = len(batch_labels)
+            if not np.array_equal(batch_labels, fine[position:position + count]):
+                raise RuntimeError(f"{source.label}: TFDS read the examples in another order than on the first pass")
+            slots = slot[position:position + count]
+            keep = slots >= 0
+            images[slots[keep]] = batch[keep]
+            position += count
     return images, bounds
 
 
