@@ -77,7 +77,7 @@ class RunConfig:
     train_shots: int | None = None
     train_queries: int | None = None
     encoder: str = "conv4"
-    image_size: int | None = None  # None: miniimagenet 84, else the encoder's default (conv4 28, efficientnet_b0 32)
+    image_size: int | None = None  # None: miniimagenet 84, cifar_fs/fc100 32, else the encoder's (conv4 28, effnet 32)
     embedding_dim: int = 64
     encoder_weights: str | None = None
     hidden_units: tuple = (64,)
@@ -103,10 +103,10 @@ class RunConfig:
     seed: int = 0
     jit: str = "auto"
     data_dir: str | None = None
-    # --dataset folder: the fractions of its classes for train, val, test when it has no split
-    # folders (None: tfp_abml.data.folder.DEFAULT_CLASS_SPLIT, "0.64,0.16,0.20", which training.fit
-    # writes into config.json), and the channels of its images (1 grey, 3 colour), which
-    # training.fit finds in the images and records, so that a run's model is built without them.
+    # --dataset folder and tfds:NAME: the fractions of their classes for train, val, test (a folder
+    # without split folders; None: tfp_abml.data.folder.DEFAULT_CLASS_SPLIT, "0.64,0.16,0.20", which
+    # training.fit writes into config.json), and the channels of their images (1 grey, 3 colour),
+    # which training.fit finds in the data and records, so that a run's model is built without it.
     class_split: str | None = None
     image_channels: int | None = None
 
@@ -133,13 +133,12 @@ class RunConfig:
 
     def validate(self):
         """Raise UserInputError naming the flag to change; returns self."""
-        from tfp_abml.data.pipeline import DATASETS, EXAMPLES_PER_CLASS
+        from tfp_abml.data.pipeline import EXAMPLES_PER_CLASS, check_dataset, dataset_kind
         from tfp_abml.encoders import DEFAULT_IMAGE_SIZE, ENCODERS, MIN_IMAGE_SIZE
 
         if self.method not in METHODS:
             raise UserInputError(f"unknown method {self.method!r}: use --method {' or '.join(METHODS)}")
-        if self.dataset not in DATASETS:
-            raise UserInputError(f"unknown dataset {self.dataset!r}: use --dataset {' or '.join(DATASETS)}")
+        check_dataset(self.dataset)
         self._validate_folder()
         if self.encoder not in ENCODERS:
             raise UserInputError(f"unknown encoder {self.encoder!r}: use --encoder {' or '.join(ENCODERS)}")
@@ -183,8 +182,8 @@ class RunConfig:
             raise UserInputError(f"--kl-scale must be >= 0, got {self.kl_scale}")
         if any(int(u) < 1 for u in self.hidden_units):
             raise UserInputError(f"--hidden-units must be positive integers, got {list(self.hidden_units)}")
-        # A folder's classes have no fixed size: training.fit checks them when it lists the folder.
-        examples = EXAMPLES_PER_CLASS[self.dataset]
+        # A folder's classes (and a tfds:NAME dataset's) have no fixed size: training.fit counts them.
+        examples = EXAMPLES_PER_CLASS[dataset_kind(self.dataset)]
         per_class = ("drawers per Omniglot character" if self.dataset == "omniglot"
                      else f"images per {self.dataset} class")
         for prefix, shots, queries in (("", self.shots, self.queries),
@@ -203,17 +202,22 @@ class RunConfig:
         return self
 
     def _validate_folder(self):
+        """--class-split and image_channels: settings of a folder and of a tfds:NAME dataset."""
         from tfp_abml.data.folder import parse_class_split
+        from tfp_abml.data.pipeline import TFDS, dataset_kind
 
-        if self.dataset != "folder":
+        kind = dataset_kind(self.dataset)
+        if kind not in ("folder", TFDS):
+            published = (f": its classes follow the published split (tfp_abml/data/split_lists/{self.dataset}.json)"
+                         if self.dataset in ("cifar_fs", "fc100") else "")
             if self.class_split is not None:
                 raise UserInputError(f"--class-split applies only to --dataset folder (class folders without split "
-                                     f"folders), not {self.dataset}: leave it out")
+                                     f"folders) and tfds:NAME, not {self.dataset}{published}: leave it out")
             if self.image_channels is not None:
-                raise UserInputError(f"image_channels is a --dataset folder setting (found in its images), not "
-                                     f"{self.dataset}'s: leave it out of the config")
+                raise UserInputError(f"image_channels is a setting of --dataset folder and tfds:NAME (found in the "
+                                     f"images), not {self.dataset}'s: leave it out of the config")
             return
-        if self.data_dir in (None, ""):
+        if kind == "folder" and self.data_dir in (None, ""):
             raise UserInputError("--dataset folder needs --data-dir ROOT, the folder of your images: "
                                  "ROOT/<class>/<image>, or ROOT/train/<class>/<image> with val/ and test/ beside it")
         if self.class_split is not None:
@@ -296,20 +300,25 @@ class RunConfig:
         from tfp_abml.data import pipeline
         from tfp_abml.encoders import DEFAULT_IMAGE_SIZE
 
-        return int(self.image_size or pipeline.DEFAULT_IMAGE_SIZE.get(self.dataset) or DEFAULT_IMAGE_SIZE[self.encoder])
+        return int(self.image_size or pipeline.DEFAULT_IMAGE_SIZE.get(pipeline.dataset_kind(self.dataset))
+                   or DEFAULT_IMAGE_SIZE[self.encoder])
 
     @property
     def channels(self):
-        """Colour channels of the dataset's images (Omniglot 1, miniImageNet 3, a folder's as recorded,
-        else as its images are): the encoder's input depth."""
-        from tfp_abml.data.pipeline import CHANNELS
+        """Colour channels of the dataset's images (Omniglot 1, miniImageNet, CIFAR-FS and FC100 3, a
+        folder's or a tfds:NAME dataset's as recorded, else as its images are): the encoder's input depth."""
+        from tfp_abml.data.pipeline import CHANNELS, TFDS, dataset_kind
 
-        if self.dataset == "folder":
+        if dataset_kind(self.dataset) in ("folder", TFDS):
             if self.image_channels is not None:
                 return self.image_channels
-            from tfp_abml.data import folder
+            if self.dataset == "folder":
+                from tfp_abml.data import folder
 
-            return folder.image_channels(folder.find_classes(self.data_dir, self.class_split))
+                return folder.image_channels(folder.find_classes(self.data_dir, self.class_split))
+            from tfp_abml.data.tfds_datasets import channels_of
+
+            return channels_of(self.dataset, self.data_dir)
         return CHANNELS[self.dataset]
 
     # -- (de)serialisation ---------------------------------------------------------------------

@@ -102,14 +102,21 @@ def run(args):
 
 
 def _check_folder_classes(run_dir, args):
-    """A ``--dataset folder`` run: are the classes its ``classes.json`` records still those of the folder?
-    Checked from the listing, before the model is built."""
+    """A ``--dataset folder`` or ``tfds:NAME`` run: are the classes its ``classes.json`` records still
+    those of the folder (of the TFDS dataset's seeded split)? Checked from the listing (TFDS's
+    metadata), before the model is built."""
     import dataclasses
 
+    from tfp_abml.data import tfds_datasets
     from tfp_abml.data.folder import check_recorded_classes
     from tfp_abml.run_config import RunConfig
 
     config = RunConfig.load(run_dir / "config.json")
+    if tfds_datasets.is_tfds_dataset(config.dataset):
+        for split in dict.fromkeys([args.split, "val"] if args.calibrate else [args.split]):
+            tfds_datasets.check_recorded_classes(run_dir, config.dataset, args.data_dir or config.data_dir,
+                                                 config.class_split, split)
+        return
     if config.dataset != "folder":
         return
     data_dir = args.data_dir or config.data_dir

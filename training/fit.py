@@ -36,18 +36,20 @@ def build_parser():
                    help="abml: the paper's amortized BNN; baselines: protonet, maml, metasgd, matching")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=_DEFAULTS.dataset,
-                      help="omniglot, miniimagenet or folder (your own images; both need --data-dir, "
-                           "see docs/data.md)")
+                      help="omniglot, miniimagenet, folder (your own images; both need --data-dir), cifar_fs, "
+                           "fc100, or tfds:NAME[:LABEL_KEY] (a TFDS image-classification dataset, prepared "
+                           "beforehand); see docs/data.md")
     data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake"),
                       help="class split: vinyals (with rotations; the published one) or lake")
     data.add_argument("--data-dir", default=None,
                       help="folder with omniglot/images_{background,evaluation}.zip and omniglot/splits/ "
                            "(or miniimagenet/images/ and the Ravi CSVs; for --dataset folder the folder of "
-                           "<class>/<image> or {train,val,test}/<class>/<image>); default $TFP_ABML_DATA_DIR, "
+                           "<class>/<image> or {train,val,test}/<class>/<image>; for cifar_fs, fc100 and tfds:NAME "
+                           "the TFDS data dir, default $TFP_ABML_TFDS_DIR, else TFDS's); default $TFP_ABML_DATA_DIR, "
                            "else Omniglot through TFDS's download")
     data.add_argument("--class-split", default=None,
-                      help="--dataset folder without split folders: fractions of its classes for train,val,test, "
-                           "drawn with the fixed seed 0; default 0.64,0.16,0.20")
+                      help="--dataset folder without split folders, or tfds:NAME: fractions of its classes for "
+                           "train,val,test, drawn with the fixed seed 0; default 0.64,0.16,0.20")
     data.add_argument("--ways", type=int, default=_DEFAULTS.ways, help="classes per task (N)")
     data.add_argument("--shots", type=int, default=_DEFAULTS.shots, help="support examples per class (K)")
     data.add_argument("--queries", type=int, default=_DEFAULTS.queries, help="query examples per class")
@@ -60,7 +62,8 @@ def build_parser():
     data.add_argument("--train-queries", type=int, default=None, help="query examples per class in training; "
                                                                       "default --queries")
     data.add_argument("--image-size", type=int, default=None,
-                      help="image side; default 84 on miniimagenet, else 28 (conv4), 32 (efficientnet_b0)")
+                      help="image side; default 84 on miniimagenet, 32 on cifar_fs and fc100, else 28 (conv4), "
+                           "32 (efficientnet_b0)")
     model = p.add_argument_group("model")
     model.add_argument("--encoder", default=_DEFAULTS.encoder, help="conv4 or efficientnet_b0")
     model.add_argument("--encoder-weights", default=None,
@@ -155,7 +158,8 @@ def parse_config(argv):
     values["hidden_units"] = tuple(values["hidden_units"])
     config = RunConfig.from_dict(values).validate()
     suffix = "" if config.method == "abml" else f"-{config.method}"
-    output = pathlib.Path(args.output or f"runs/{config.dataset}-{config.ways}w{config.shots}s{suffix}")
+    name = config.dataset.replace(":", "-").replace("/", "-")  # tfds:NAME[/CONFIG][:KEY]: one folder name
+    output = pathlib.Path(args.output or f"runs/{name}-{config.ways}w{config.shots}s{suffix}")
     return config, output, args.overwrite, args.verbose, args.max_minutes, args.strategy
 
 
@@ -236,9 +240,12 @@ def check_data(config):
     """Fail before importing TensorFlow if the data or the task shape cannot work; returns the config
     with what the data settles (a folder's channels and class split), which is what the run records."""
     from tfp_abml.data import miniimagenet, omniglot, splits
+    from tfp_abml.data.tfds_datasets import is_tfds_dataset
 
     if config.dataset == "folder":
         return check_folder(config)
+    if is_tfds_dataset(config.dataset):
+        return check_tfds(config)
     if config.dataset == "miniimagenet":
         miniimagenet.check_ways(config.ways, config.data_dir)
         return config
@@ -259,6 +266,32 @@ def check_data(config):
     return config
 
 
+def _train_flags(config):
+    """The flags that set the training task shape: --train-ways where given, else --ways (and so on)."""
+    return tuple(f"--train-{name}" if getattr(config, f"train_{name}") is not None else f"--{name}"
+                 for name in ("ways", "shots", "queries"))
+
+
+def check_tfds(config):
+    """cifar_fs, fc100 and tfds:NAME: the dataset is prepared and has an image feature and the label key
+    (from TFDS's metadata, before TensorFlow loads), then every split's classes against the task shape
+    (one pass over the labels: TensorFlow, but before anything is written). Returns the config with the
+    class split used and the images' channels for tfds:NAME."""
+    import dataclasses
+
+    from tfp_abml.data import tfds_datasets
+
+    source = tfds_datasets.open_source(config.dataset, config.data_dir)
+    listing = tfds_datasets.find_classes(config.dataset, config.data_dir, config.class_split)
+    trained = config.for_training()
+    for split in ("train", "val"):  # validation uses the training task shape
+        tfds_datasets.check_split(listing, split, trained.ways, trained.shots, trained.queries, _train_flags(config))
+    tfds_datasets.check_split(listing, "test", config.ways, config.shots, config.queries)
+    if source.spec.published:
+        return config
+    return dataclasses.replace(config, class_split=listing.class_split, image_channels=source.channels)
+
+
 def check_folder(config):
     """``--dataset folder``: the layout, the class split, every split's classes against the task shape
     (train and val: the training shape; test: the evaluation one) and every image's header, all
@@ -269,10 +302,8 @@ def check_folder(config):
 
     listing = folder.find_classes(config.data_dir, config.class_split)
     trained = config.for_training()
-    train_flags = tuple(f"--train-{name}" if getattr(config, f"train_{name}") is not None else f"--{name}"
-                        for name in ("ways", "shots", "queries"))
     for split in ("train", "val"):  # validation uses the training task shape
-        folder.check_split(listing, split, trained.ways, trained.shots, trained.queries, train_flags)
+        folder.check_split(listing, split, trained.ways, trained.shots, trained.queries, _train_flags(config))
     folder.check_split(listing, "test", config.ways, config.shots, config.queries)
     return dataclasses.replace(config, class_split=listing.class_split, image_channels=folder.image_channels(listing))
 
@@ -338,6 +369,7 @@ def _train(config, output, verbose, max_minutes, strategy):
     from tfp_abml import distribute
     from tfp_abml.checkpointing import (FINAL_WEIGHTS, TrainingState, checkpoint_callback, keep_best, read_json,
                                         save_weights_atomic, write_json_atomic)
+    from tfp_abml.data import tfds_datasets
 
     saved_config, config = config, config.for_training()  # the training task shape (--train-ways ...)
     train_sampler = config.sampler("train")
@@ -359,6 +391,9 @@ def _train(config, output, verbose, max_minutes, strategy):
         from tfp_abml.data import folder
 
         folder.write_classes(output, folder.find_classes(config.data_dir, config.class_split), config.channels)
+    elif tfds_datasets.is_tfds_dataset(config.dataset):
+        tfds_datasets.write_classes(output, tfds_datasets.find_classes(config.dataset, config.data_dir,
+                                                                       config.class_split), config.channels)
 
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()

@@ -2,8 +2,8 @@
 
 Each element is ``({"support_images", "support_labels", "query_images"}, query_labels)``
 with a leading meta-batch axis: images float32 ``[B, N*K, H, W, C]`` in [0, 1]
-(Omniglot: C = 1, background 1, ink 0, as decoded; miniImageNet: C = 3, RGB; a folder of one's
-own images: 1 if all are grey, else 3),
+(Omniglot: C = 1, background 1, ink 0, as decoded; miniImageNet, CIFAR-FS, FC100: C = 3, RGB; a
+folder of one's own images: 1 if all are grey, else 3; a TFDS dataset: its images' channels),
 labels int32. Sampling runs in parallel
 numpy calls keyed by episode index, so the order is deterministic.
 """
@@ -12,16 +12,42 @@ from __future__ import annotations
 
 from tfp_abml.data.sampling import EpisodeSampler
 from tfp_abml.data.splits import omniglot_split
+from tfp_abml.data.tfds_datasets import PREFIX as TFDS_PREFIX
+from tfp_abml.data.tfds_datasets import USAGE as TFDS_USAGE
+from tfp_abml.data.tfds_datasets import is_tfds_dataset
 from tfp_abml.errors import UserInputError
 
-DATASETS = ("omniglot", "miniimagenet", "folder")
+# --dataset: these names, or tfds:NAME[:LABEL_KEY] (any image-classification dataset of TFDS's
+# catalogue, tfp_abml.data.tfds_datasets). cifar_fs and fc100 are TFDS's cifar100 in their papers' splits.
+DATASETS = ("omniglot", "miniimagenet", "folder", "cifar_fs", "fc100")
+TFDS = "tfds"  # the key of every tfds:NAME dataset in the tables below (dataset_kind)
 # Per dataset: images per class (the most --shots + --queries can be), image side when neither
 # --image-size nor the encoder says otherwise (None: the encoder's default), colour channels.
-# A folder of one's own images (tfp_abml.data.folder) has neither fixed: its classes are counted
-# and its channels found when it is read.
-EXAMPLES_PER_CLASS = {"omniglot": 20, "miniimagenet": 600, "folder": None}
-DEFAULT_IMAGE_SIZE = {"omniglot": None, "miniimagenet": 84, "folder": None}
-CHANNELS = {"omniglot": 1, "miniimagenet": 3, "folder": None}
+# A folder of one's own images (tfp_abml.data.folder) and a tfds:NAME dataset have neither
+# fixed: their classes are counted and their channels found when they are read.
+EXAMPLES_PER_CLASS = {"omniglot": 20, "miniimagenet": 600, "folder": None, "cifar_fs": 600, "fc100": 600,
+                      TFDS: None}
+DEFAULT_IMAGE_SIZE = {"omniglot": None, "miniimagenet": 84, "folder": None, "cifar_fs": 32, "fc100": 32,
+                      TFDS: None}
+CHANNELS = {"omniglot": 1, "miniimagenet": 3, "folder": None, "cifar_fs": 3, "fc100": 3, TFDS: None}
+
+
+def dataset_kind(dataset):
+    """The key of ``dataset`` in the tables above: its name, or ``"tfds"`` for every tfds:NAME."""
+    return TFDS if isinstance(dataset, str) and dataset.startswith(TFDS_PREFIX) else dataset
+
+
+def check_dataset(dataset, flag="--dataset"):
+    """``dataset`` is one of DATASETS or a well-formed tfds:NAME[:LABEL_KEY]; else one line naming the fix."""
+    if isinstance(dataset, str) and dataset.startswith(TFDS_PREFIX):
+        from tfp_abml.data.tfds_datasets import parse
+
+        parse(dataset)
+        return
+    if dataset not in DATASETS:
+        hint = (f" (a TFDS dataset? --dataset {TFDS_PREFIX}{dataset})"
+                if isinstance(dataset, str) and dataset.replace("_", "").isalnum() else "")
+        raise UserInputError(f"unknown dataset {dataset!r}{hint}: use {flag} {' or '.join(DATASETS)} or {TFDS_USAGE}")
 
 
 def episode_dataset(sampler: EpisodeSampler, meta_batch=1, start=0, episodes=None):
@@ -62,14 +88,18 @@ def make_sampler(dataset="omniglot", split="train", ways=5, shots=1, queries=15,
                  data_dir=None, image_size=28, split_scheme="vinyals", class_split=None, channels=None):
     """An EpisodeSampler over one split of a dataset (``split_scheme`` is Omniglot's; miniImageNet has Ravi's).
 
-    ``class_split`` and ``channels`` are the folder dataset's (``--class-split``; the channels the
-    model takes, None: the images')."""
-    if dataset not in DATASETS:
-        raise UserInputError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
-    if dataset == "folder":
-        from tfp_abml.data.folder import folder_split
+    ``class_split`` and ``channels`` are those of a folder and of a tfds:NAME dataset
+    (``--class-split``; the channels the model takes, None: the images')."""
+    check_dataset(dataset)
+    if dataset == "folder" or is_tfds_dataset(dataset):
+        if dataset == "folder":
+            from tfp_abml.data.folder import folder_split
 
-        classes = folder_split(split, data_dir, image_size, class_split, channels)
+            classes = folder_split(split, data_dir, image_size, class_split, channels)
+        else:
+            from tfp_abml.data.tfds_datasets import tfds_split
+
+            classes = tfds_split(split, dataset, data_dir, image_size, class_split, channels)
         return EpisodeSampler(classes.images, ways, shots, queries, seed, split_name=classes.where,
                               counts=classes.counts, class_names=classes.names)
     if dataset == "miniimagenet":
