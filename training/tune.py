@@ -111,7 +111,8 @@ def parse(argv):
     space = {"kl_min": args.kl_min, "kl_max": args.kl_max,
              "inner_lr": (args.inner_lr_min, args.inner_lr_max) if args.tune_inner_lr else None,
              "inner_steps": (args.inner_steps_min, args.inner_steps_max) if args.tune_inner_steps else None}
-    args.output = pathlib.Path(getattr(args, "output", f"runs/tune-{base.dataset}-{base.ways}w{base.shots}s"))
+    dataset = base.dataset.replace(":", "-").replace("/", "-")  # tfds:NAME[:KEY]: one folder name, as training.fit
+    args.output = pathlib.Path(getattr(args, "output", f"runs/tune-{dataset}-{base.ways}w{base.shots}s"))
     args.best_config = pathlib.Path(getattr(args, "best_config", args.output / "best_config.json"))
     return base, space, args
 
