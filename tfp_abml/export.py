@@ -66,7 +66,10 @@ def _with_rank(tensor, rank, message):
 def request_ways(support_labels, max_ways):
     """N of a request to a model that serves any N: one more than the largest label, checked to lie
     in 2..``max_ways`` (``checked_request`` then checks that every label 0..N-1 has an example)."""
-    ways = tf.reduce_max(tf.concat([support_labels, [-1]], 0)) + 1
+    support_labels = _with_rank(support_labels, 1, "support_labels must be 1-D, one label per support image")
+    with tf.control_dependencies([tf.debugging.assert_positive(tf.size(support_labels),
+                                                               message="the support set is empty")]):
+        ways = tf.reduce_max(support_labels) + 1
     with tf.control_dependencies([
             tf.debugging.assert_greater_equal(ways, 2, message="a few-shot task needs labels of at least 2 classes"),
             tf.debugging.assert_less_equal(ways, max_ways, message=(

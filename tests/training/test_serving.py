@@ -26,7 +26,7 @@ def saved_model(tmp_path_factory, data_dir):
                      "--queries", "3", "--steps-per-epoch", "3", "--epochs", "1", "--val-tasks", "0",
                      "--output", str(root / "run"), "--verbose", "0"]) == 0
     path = root / "savedmodels" / "omniglot" / "1"
-    assert export.main(["--run", str(root / "run"), "--output", str(path)]) == 0
+    assert export.main(["--run", str(root / "run"), "--output", str(path), "--ways", "5"]) == 0  # fixed N
     return path
 
 

@@ -20,7 +20,8 @@ def serve(tmp_path_factory):
     config = RunConfig(method="protonet", ways=WAYS)
     model = config.build_model()
     model(config.example_inputs())
-    path = export.export_saved_model(model, config.resolved_image_size, tmp_path_factory.mktemp("sm") / "1")
+    path = export.export_saved_model(model, config.resolved_image_size, tmp_path_factory.mktemp("sm") / "1",
+                                     any_ways=False)  # the fixed-N checks; any N: see the end of this file
     return tf.saved_model.load(str(path)).signatures["serving_default"]
 
 
@@ -96,3 +97,37 @@ def test_too_many_pixel_values_are_refused_before_any_work(monkeypatch, tmp_path
     serve(support, labels, query)
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than 20000 pixel values"):
         serve(support, labels, np.zeros((7, 50, 50, 1), np.float32))  # 7,840 + 17,500
+
+
+@pytest.fixture(scope="module")
+def serve_any_ways(tmp_path_factory):
+    config = RunConfig(method="protonet", ways=WAYS)
+    model = config.build_model()
+    model(config.example_inputs())
+    path = export.export_saved_model(model, config.resolved_image_size, tmp_path_factory.mktemp("any") / "1",
+                                     max_ways=8)
+    return tf.saved_model.load(str(path)).signatures["serving_default"]
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("2-D labels", _set("support_labels", lambda x: x[None]), "support_labels must be 1-D"),
+    ("empty support set", lambda t: {**t, "support_images": t["support_images"][:0],
+                                     "support_labels": t["support_labels"][:0]}, "the support set is empty"),
+    ("a label past the last class", _set("support_labels", lambda x: np.where(x == 4, 5, x).astype(np.int32)),
+     "every label 0..N-1 needs a support example"),
+    ("negative label", _set("support_labels", lambda x: np.where(x == 0, -1, x).astype(np.int32)), "0..N-1"),
+    ("one class", _set("support_labels", lambda x: np.zeros_like(x)), "at least 2 classes"),
+    ("more classes than it serves", lambda t: {**t, "support_images": np.zeros((9, 28, 28, 1), np.float32),
+                                               "support_labels": np.arange(9, dtype=np.int32)},
+     "more than 8 classes"),
+])
+def test_a_model_serving_any_n_refuses_bad_labels_clearly(serve_any_ways, name, change, message):
+    support, labels, query = _task()
+    request = change({"support_images": support, "support_labels": labels, "query_images": query})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve_any_ways(**{k: tf.constant(v) for k, v in request.items()})
+    # The same model answers any valid N up to its maximum.
+    keep = labels < 3
+    answer = serve_any_ways(support_images=tf.constant(support[keep]), support_labels=tf.constant(labels[keep]),
+                            query_images=tf.constant(query))["probabilities"].numpy()
+    assert answer.shape == (len(query), 3)
