@@ -59,11 +59,11 @@ def row_names(model_name, served, names):
     return labels
 
 
-def load(name, paths, ways, data_dir, samples):
+def load(name, paths, ways, data_dir, samples, queries=None):
     from tfp_abml.evaluation import Ensemble
     from tfp_abml.runs import load_run
 
-    loaded = [load_run(path, ways=ways, data_dir=data_dir) for path in paths]
+    loaded = [load_run(path, ways=ways, data_dir=data_dir, queries=queries) for path in paths]
     config = loaded[0][0]
     model = loaded[0][1] if len(loaded) == 1 else Ensemble([m for _, m in loaded])
     if samples is not None and hasattr(model, "eval_samples"):
@@ -77,7 +77,7 @@ def measure_model(name, paths, ways, args, log):
     from tfp_abml.data.corruptions import CORRUPTIONS
     from tfp_abml.evaluation import evaluate, fit_temperatures, task_sampler
 
-    config, model, weights = load(name, paths, ways, args.data_dir, args.samples)
+    config, model, weights = load(name, paths, ways, args.data_dir, args.samples, args.queries)
     started = time.perf_counter()
     temperatures = fit_temperatures(config, model, args.calibration_tasks, args.seed, progress=False)["temperatures"]
     log(f"{name} {ways}-way: temperatures {', '.join(f'{n} {t:.3f}' for n, t in temperatures.items())} "
@@ -205,6 +205,9 @@ def main(argv=None):
     p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--samples", type=int, default=None, help="posterior draws (Bayesian models); default the run's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--queries", type=int, default=None,
+                   help="queries per class of every task (default: the first run's own --queries; "
+                        "benchmarks/protocol.py evaluates with 15)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     models = [(name, [path]) for name, path in args.run] + [(name, paths.split(",")) for name, paths in args.ensemble]
@@ -227,6 +230,7 @@ def main(argv=None):
                             "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
                             "minutes": (time.perf_counter() - began) / 60, "seed": args.seed,
                             "tasks": args.tasks, "corruption_tasks": args.corruption_tasks,
+                            "queries_per_class": args.queries or "the run's",
                             "calibration_tasks": args.calibration_tasks,
                             "results": {f"{w}-way 1-shot": rows for w, rows in results.items()}})
     text = table(results)

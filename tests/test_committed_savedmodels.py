@@ -39,9 +39,11 @@ def test_committed_model_classifies_test_tasks(setting, data_dir):
 def test_committed_model_says_what_it_serves_and_gives_its_posterior_draws(setting):
     loaded = tf.saved_model.load(str(REPO / "savedmodels" / f"omniglot-{setting}" / "1"))
     meta = {key: value.numpy() for key, value in loaded.signatures["metadata"]().items()}
-    assert (int(meta["ways"]), int(meta["image_size"]), int(meta["channels"])) == (SETTINGS[setting][0], 28, 1)
-    assert meta["method"] == b"AmortizedBNN"
     ways = SETTINGS[setting][0]
+    assert (int(meta["image_size"]), int(meta["channels"])) == (28, 1)
+    # The N it serves: its own, or any from min_ways to max_ways (exports before that: "ways" only).
+    assert int(meta.get("min_ways", meta["ways"])) <= ways <= int(meta.get("max_ways", meta["ways"]))
+    assert meta["method"] == b"AmortizedBNN"
     images = tf.random.stateless_uniform((2 * ways, 28, 28, 1), seed=(1, 2))
     draws = loaded.signatures["posterior_draws"](support_images=images[:ways], support_labels=tf.range(ways),
                                                  query_images=images[ways:])["sample_probabilities"].numpy()
