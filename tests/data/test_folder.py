@@ -338,3 +338,20 @@ def test_a_missing_folder_from_the_command_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: --data-dir {tmp_path / 'none'} does not exist: {folder.layouts_help(tmp_path / 'none')}"]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_kl_scale_search_runs_on_a_folder_run(grey, tmp_path):
+    """training.tune takes a folder run's config (it has no --dataset flag of its own) and searches on it."""
+    from training import fit, tune
+    from tfp_abml.run_config import RunConfig
+
+    root, _ = grey
+    run = tmp_path / "run"
+    assert fit.main(["--dataset", "folder", "--data-dir", str(root), *TASK, "--steps-per-epoch", "2", "--epochs", "1",
+                     "--val-tasks", "0", "--output", str(run), "--verbose", "0"]) == 0
+    out = tmp_path / "search"
+    assert tune.main(["--config", str(run / "config.json"), "--tuner", "random", "--max-trials", "1",
+                      "--trial-steps", "2", "--meta-batch", "1", "--val-tasks", "2", "--inner-steps", "1",
+                      "--output", str(out), "--verbose", "0"]) == 0
+    best = RunConfig.load(out / "best_config.json")
+    assert best.dataset == "folder" and best.data_dir == str(root) and best.ways == 3
