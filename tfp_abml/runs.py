@@ -65,6 +65,17 @@ def load_run(run_dir, weights="best", **overrides):
     return config, model
 
 
+def calibrate_run(run_dir, config, model, tasks=300, seed=0, samples=None, progress=False):
+    """Fit ``model``'s temperatures on validation tasks (:func:`tfp_abml.evaluation.fit_temperatures`),
+    write them into the run and apply them to ``model``; returns the record."""
+    from tfp_abml.evaluation import fit_temperatures
+
+    record = fit_temperatures(config, model, tasks, seed, samples, progress=progress)
+    save_calibration(run_dir, record)
+    model.temperatures = record["temperatures"]
+    return record
+
+
 def save_calibration(run_dir, record):
     """Write a run's temperatures (:func:`tfp_abml.evaluation.fit_temperatures`'s record), atomically."""
     from tfp_abml.checkpointing import write_json_atomic

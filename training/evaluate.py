@@ -54,9 +54,9 @@ def build_parser():
 
 def run(args):
     from tfp_abml.checkpointing import write_json_atomic
-    from tfp_abml.evaluation import evaluate_run, fit_temperatures
+    from tfp_abml.evaluation import evaluate_run
     from tfp_abml.metrics import ECE_BINS, plot_reliability
-    from tfp_abml.runs import load_run, save_calibration
+    from tfp_abml.runs import calibrate_run, load_run
 
     for flag in ("tasks", "samples", "ways", "shots", "queries", "calibration_tasks"):
         value = getattr(args, flag)
@@ -71,10 +71,8 @@ def run(args):
     if args.verbose:
         print(f"evaluating {run_dir} with the weights of {model.loaded_weights}", flush=True)
     if args.calibrate:
-        record = fit_temperatures(config, model, args.calibration_tasks, args.seed, args.samples,
-                                  progress=bool(args.verbose))
-        save_calibration(run_dir, record)
-        model.temperatures = record["temperatures"]
+        record = calibrate_run(run_dir, config, model, args.calibration_tasks, args.seed, args.samples,
+                               progress=bool(args.verbose))
         print("temperatures (fitted on validation tasks): " + ", ".join(
             f"{name} {t:.3f} (NLL {record['nll_before'][name]:.3f} -> {record['nll_after'][name]:.3f})"
             for name, t in record["temperatures"].items()), flush=True)

@@ -59,13 +59,10 @@ def run(argv):
     if args.samples is not None and hasattr(model, "eval_samples"):
         model.eval_samples = args.samples
     if args.calibrate:
-        from tfp_abml.evaluation import fit_temperatures
-        from tfp_abml.runs import save_calibration
+        from tfp_abml.runs import calibrate_run
 
         check_writable(args.run, "--run")  # calibration.json goes into the run
-        record = fit_temperatures(config, model, args.calibration_tasks, progress=False)
-        save_calibration(args.run, record)
-        model.temperatures = record["temperatures"]
+        record = calibrate_run(args.run, config, model, args.calibration_tasks)
         name = model.served_prediction
         print(f"temperature of {name}: {record['temperatures'][name]:.3f} (NLL on {args.calibration_tasks} validation "
               f"tasks {record['nll_before'][name]:.3f} -> {record['nll_after'][name]:.3f})")

@@ -15,14 +15,19 @@ from tfp_abml.run_config import RunConfig
 WAYS = 5
 
 
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory):
+def _exported_protonet(folder, **export_options):
+    """serving_default of an untrained 5-way ProtoNet exported to ``folder``."""
     config = RunConfig(method="protonet", ways=WAYS)
     model = config.build_model()
     model(config.example_inputs())
-    path = export.export_saved_model(model, config.resolved_image_size, tmp_path_factory.mktemp("sm") / "1",
-                                     any_ways=False)  # the fixed-N checks; any N: see the end of this file
+    path = export.export_saved_model(model, config.resolved_image_size, folder / "1", **export_options)
     return tf.saved_model.load(str(path)).signatures["serving_default"]
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory):
+    # The fixed-N checks; a model that serves any N: see the end of this file.
+    return _exported_protonet(tmp_path_factory.mktemp("sm"), any_ways=False)
 
 
 def _task(rng=np.random.default_rng(0)):
@@ -101,12 +106,7 @@ def test_too_many_pixel_values_are_refused_before_any_work(monkeypatch, tmp_path
 
 @pytest.fixture(scope="module")
 def serve_any_ways(tmp_path_factory):
-    config = RunConfig(method="protonet", ways=WAYS)
-    model = config.build_model()
-    model(config.example_inputs())
-    path = export.export_saved_model(model, config.resolved_image_size, tmp_path_factory.mktemp("any") / "1",
-                                     max_ways=8)
-    return tf.saved_model.load(str(path)).signatures["serving_default"]
+    return _exported_protonet(tmp_path_factory.mktemp("any"), max_ways=8)
 
 
 @pytest.mark.parametrize("name, change, message", [
