@@ -73,29 +73,39 @@ def training_ways(method):
     return int(flags[flags.index("--ways") + 1])
 
 
-def fit_command(method, data_dir, minutes, runs_dir, schedule="constant", learning_rates=None, shots=1):
+def fit_command(method, data_dir, minutes, runs_dir, schedule="constant", learning_rates=None, shots=1,
+                decay_episodes=None):
     extra = ["--lr-schedule", schedule]
     if method in (learning_rates or {}):
         extra += ["--learning-rate", str(learning_rates[method])]
+    if method in (decay_episodes or {}):
+        extra += ["--lr-decay-episodes", str(decay_episodes[method])]
     return [sys.executable, "-m", "training.fit", *protocol(method, shots), *extra, "--max-minutes", str(minutes),
             "--data-dir", str(data_dir), "--output", str(run_dir(runs_dir, method, shots)), "--verbose", "2"]
 
 
-def learning_rate_override(text):
-    method, sep, rate = text.partition("=")
-    if not sep or method not in PROTOCOLS:
-        raise argparse.ArgumentTypeError(f"expected METHOD=RATE with METHOD one of {', '.join(PROTOCOLS)}, got {text!r}")
-    try:
-        return method, float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{rate!r} is not a number (e.g. abml=1e-3)") from None
+def method_override(cast, example):
+    """argparse type of ``METHOD=VALUE`` flags: (method, cast(value))."""
+    def parse(text):
+        method, sep, value = text.partition("=")
+        if not sep or method not in PROTOCOLS:
+            raise argparse.ArgumentTypeError(f"expected METHOD=VALUE with METHOD one of {', '.join(PROTOCOLS)}, got {text!r}")
+        try:
+            return method, cast(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a valid value (e.g. {example})") from None
+    return parse
+
+
+learning_rate_override = method_override(float, "abml=1e-3")
+decay_episodes_override = method_override(int, "abml=4000")
 
 
 def run_dir(runs_dir, method, shots=1):
     return pathlib.Path(runs_dir) / f"omniglot-{training_ways(method)}w{shots}s-{method}"
 
 
-def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates, shots=1):
+def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates, shots=1, decay_episodes=None):
     """Start every unfinished method's training at once; wait for all."""
     children = {}
     for method in methods:
@@ -103,7 +113,8 @@ def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates, sh
             print(f"{method}: finished run in {run_dir(runs_dir, method, shots)}, not trained again", flush=True)
             continue
         log = open(pathlib.Path(runs_dir) / f"{method}.log", "a")
-        children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir, schedule, learning_rates, shots),
+        children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir, schedule, learning_rates, shots,
+                                                                decay_episodes),
                                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         print(f"{method}: training for {minutes} min, log in {log.name}", flush=True)
     for method, child in children.items():
@@ -169,15 +180,18 @@ def main(argv=None):
                    help="training.fit --lr-schedule; step: halve every 2,000 episodes (Snell et al.)")
     p.add_argument("--learning-rate", type=learning_rate_override, action="append", default=[],
                    metavar="METHOD=RATE", help="a method's Adam learning rate instead of its default")
+    p.add_argument("--lr-decay-episodes", type=decay_episodes_override, action="append", default=[],
+                   metavar="METHOD=EPISODES", help="a method's training.fit --lr-decay-episodes instead of 2,000")
     p.add_argument("--tag", default="", help="suffix of the runs folder and the result files")
     p.add_argument("--runs-dir", default=None, help="default runs/protocol[-TAG]")
     args = p.parse_args(argv)
     suffix = f"-{args.tag}" if args.tag else ""
     name = f"protocol_omniglot_{args.shots}shot{suffix}"
     runs_dir = args.runs_dir or (f"runs/protocol{suffix}" if args.shots == 1 else f"runs/protocol-{args.shots}shot{suffix}")
-    learning_rates = dict(args.learning_rate)
+    learning_rates, decay_episodes = dict(args.learning_rate), dict(args.lr_decay_episodes)
     pathlib.Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    train_all(args.methods, args.data_dir, args.minutes, runs_dir, args.lr_schedule, learning_rates, args.shots)
+    train_all(args.methods, args.data_dir, args.minutes, runs_dir, args.lr_schedule, learning_rates, args.shots,
+              decay_episodes)
 
     from tfp_abml.checkpointing import read_json, write_json_atomic
 
@@ -191,7 +205,7 @@ def main(argv=None):
                        for ways in args.eval_ways if ways in SERVES.get(method, [ways])}
         results[method] = {
             "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, runs_dir, args.lr_schedule,
-                                                               learning_rates, args.shots)[1:]]),
+                                                               learning_rates, args.shots, decay_episodes)[1:]]),
             "epochs": len(history.get("epoch", [])),
             "training_episodes": episodes_per_epoch(method) * len(history.get("epoch", [])),
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,
@@ -199,9 +213,9 @@ def main(argv=None):
             "evaluation_seconds": time.perf_counter() - started,
             "published": PUBLISHED.get(method, {}).get(args.shots, {}),
             "evaluations": evaluations}
-        for name, result in evaluations.items():
+        for setting, result in evaluations.items():  # not `name`: that is the result files' name
             s = next(iter(result["predictions"].values()))
-            print(f"{method:9s} {name}: {100 * s['accuracy']:.2f} +- {100 * s['accuracy_ci95']:.2f}% "
+            print(f"{method:9s} {setting}: {100 * s['accuracy']:.2f} +- {100 * s['accuracy_ci95']:.2f}% "
                   f"NLL {s['nll']:.3f} ECE {100 * s['ece']:.2f}% OOD AUROC {s.get('ood_auroc', float('nan')):.3f} "
                   f"({result['weights']})", flush=True)
     out = RESULTS / f"{name}.json"
