@@ -4,6 +4,8 @@
     python benchmarks/protocol.py --data-dir ../shared/data --minutes 75 --lr-schedule step \
         --learning-rate abml=1e-3 --tag step --methods protonet abml
     python benchmarks/protocol.py --data-dir ../shared/data --minutes 50 --tag maml --methods maml
+    python benchmarks/protocol.py --data-dir ../shared/data --minutes 80 --lr-schedule cosine \
+        --learning-rate abml=1e-3 --lr-decay-episodes abml=9000 --tag cosine80 --methods abml
 
 Protocol (Snell et al., 2017, for Omniglot 1-shot): 60-way 1-shot training episodes with 5 queries
 per class, one episode per Adam step at 1e-3 (ProtoNet) or abml's default 3e-4 (``--learning-rate
