@@ -216,7 +216,8 @@ def main(argv=None):
             "published": PUBLISHED.get(method, {}).get(args.shots, {}),
             "evaluations": evaluations}
         for setting, result in evaluations.items():  # not `name`: that is the result files' name
-            s = next(iter(result["predictions"].values()))
+            predictions = result["predictions"]  # abml: the posterior predictive, as the tables report
+            s = predictions.get("posterior_predictive") or next(iter(predictions.values()))
             print(f"{method:9s} {setting}: {100 * s['accuracy']:.2f} +- {100 * s['accuracy_ci95']:.2f}% "
                   f"NLL {s['nll']:.3f} ECE {100 * s['ece']:.2f}% OOD AUROC {s.get('ood_auroc', float('nan')):.3f} "
                   f"({result['weights']})", flush=True)
