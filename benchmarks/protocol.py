@@ -33,6 +33,7 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -76,8 +77,8 @@ def training_ways(method):
 
 
 def fit_command(method, data_dir, minutes, runs_dir, schedule="constant", learning_rates=None, shots=1,
-                decay_episodes=None):
-    extra = ["--lr-schedule", schedule]
+                decay_episodes=None, fit_flags=None):
+    extra = ["--lr-schedule", schedule, *shlex.split((fit_flags or {}).get(method, ""))]
     if method in (learning_rates or {}):
         extra += ["--learning-rate", str(learning_rates[method])]
     if method in (decay_episodes or {}):
@@ -101,13 +102,15 @@ def method_override(cast, example):
 
 learning_rate_override = method_override(float, "abml=1e-3")
 decay_episodes_override = method_override(int, "abml=4000")
+fit_flags_override = method_override(str, "'abml=--residual-head'")
 
 
 def run_dir(runs_dir, method, shots=1):
     return pathlib.Path(runs_dir) / f"omniglot-{training_ways(method)}w{shots}s-{method}"
 
 
-def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates, shots=1, decay_episodes=None):
+def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates, shots=1, decay_episodes=None,
+              fit_flags=None):
     """Start every unfinished method's training at once; wait for all."""
     children = {}
     for method in methods:
@@ -116,7 +119,7 @@ def train_all(methods, data_dir, minutes, runs_dir, schedule, learning_rates, sh
             continue
         log = open(pathlib.Path(runs_dir) / f"{method}.log", "a")
         children[method] = subprocess.Popen(fit_command(method, data_dir, minutes, runs_dir, schedule, learning_rates, shots,
-                                                                decay_episodes),
+                                                        decay_episodes, fit_flags),
                                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         print(f"{method}: training for {minutes} min, log in {log.name}", flush=True)
     for method, child in children.items():
@@ -184,6 +187,8 @@ def main(argv=None):
                    metavar="METHOD=RATE", help="a method's Adam learning rate instead of its default")
     p.add_argument("--lr-decay-episodes", type=decay_episodes_override, action="append", default=[],
                    metavar="METHOD=EPISODES", help="a method's training.fit --lr-decay-episodes instead of 2,000")
+    p.add_argument("--fit-flags", type=fit_flags_override, action="append", default=[], metavar="METHOD=FLAGS",
+                   help="further training.fit flags of a method, e.g. 'abml=--residual-head'")
     p.add_argument("--tag", default="", help="suffix of the runs folder and the result files")
     p.add_argument("--runs-dir", default=None, help="default runs/protocol[-TAG]")
     args = p.parse_args(argv)
@@ -191,9 +196,10 @@ def main(argv=None):
     name = f"protocol_omniglot_{args.shots}shot{suffix}"
     runs_dir = args.runs_dir or (f"runs/protocol{suffix}" if args.shots == 1 else f"runs/protocol-{args.shots}shot{suffix}")
     learning_rates, decay_episodes = dict(args.learning_rate), dict(args.lr_decay_episodes)
+    fit_flags = dict(args.fit_flags)
     pathlib.Path(runs_dir).mkdir(parents=True, exist_ok=True)
     train_all(args.methods, args.data_dir, args.minutes, runs_dir, args.lr_schedule, learning_rates, args.shots,
-              decay_episodes)
+              decay_episodes, fit_flags)
 
     from tfp_abml.checkpointing import read_json, write_json_atomic
 
@@ -207,7 +213,8 @@ def main(argv=None):
                        for ways in args.eval_ways if ways in SERVES.get(method, [ways])}
         results[method] = {
             "fit_command": " ".join(["python", *fit_command(method, args.data_dir, args.minutes, runs_dir, args.lr_schedule,
-                                                               learning_rates, args.shots, decay_episodes)[1:]]),
+                                                               learning_rates, args.shots, decay_episodes,
+                                                               fit_flags)[1:]]),
             "epochs": len(history.get("epoch", [])),
             "training_episodes": episodes_per_epoch(method) * len(history.get("epoch", [])),
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,

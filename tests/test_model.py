@@ -83,11 +83,11 @@ def test_fit_lowers_the_query_loss_on_real_omniglot(train_sampler):
     assert set(result) == {"loss", "nll", "kl", "accuracy"} and result["accuracy"] > 0.3
 
 
-@pytest.mark.parametrize("hidden_units", [(16,), ()])
-def test_aligned_output_is_a_prototype_classifier_before_the_inner_loop(train_sampler, hidden_units):
+@pytest.mark.parametrize("hidden_units, residual", [((16,), False), ((), False), ((64,), True)])
+def test_aligned_output_is_a_prototype_classifier_before_the_inner_loop(train_sampler, hidden_units, residual):
     """Mean logits of the aligned posterior = -a |g(x) - p_n|^2 + (a term shared by all classes)."""
     inputs, _ = next(iter(episode_dataset(train_sampler, 2)))
-    model = _model(posterior="aligned", hidden_units=hidden_units)
+    model = _model(posterior="aligned", hidden_units=hidden_units, residual_head=residual)
     embeddings = model.embed(inputs["support_images"], training=True)
     labels = tf.cast(inputs["support_labels"], tf.int32)
     queries = model.embed(inputs["query_images"], training=True)
@@ -96,7 +96,7 @@ def test_aligned_output_is_a_prototype_classifier_before_the_inner_loop(train_sa
 
     def features(x):
         for layer in params[:-1]:
-            x = tf.nn.relu(model.head.dense(x, layer, mean_only=True))
+            x = (x if residual else 0.0) + tf.nn.relu(model.head.dense(x, layer, mean_only=True))
         return x
 
     prototypes = tf.stack([tf.reduce_mean(tf.boolean_mask(features(embeddings)[t], labels[t] == n), axis=0)
@@ -108,6 +108,27 @@ def test_aligned_output_is_a_prototype_classifier_before_the_inner_loop(train_sa
     # The LSTM emits one scale per input unit of the output layer, shared by the classes.
     scales = params[-1].kernel_rho.numpy()
     np.testing.assert_array_equal(scales, np.repeat(scales[..., :1], 5, axis=-1))
+
+
+def test_residual_head_adds_each_hidden_layer_to_its_input():
+    """Mean-weight logits of a residual head against numpy: a = z + relu(z W1 + b1), twice, then a W + b."""
+    from tfp_abml.bayesian_head import BayesianMLP
+    from tfp_abml.flipout import DenseParams
+
+    rng = np.random.default_rng(0)
+    head = BayesianMLP(8, (8, 8), 3, residual=True)
+    z = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    layers = [{"kernel": rng.standard_normal((2, i, o)).astype(np.float32),
+               "bias": rng.standard_normal((2, o)).astype(np.float32)} for i, o in head.layer_shapes]
+    params = [DenseParams(kernel_loc=tf.constant(l["kernel"]), kernel_rho=tf.zeros_like(l["kernel"]),
+                          bias_loc=tf.constant(l["bias"]), bias_rho=tf.zeros_like(l["bias"])) for l in layers]
+    expected = z
+    for layer in layers[:-1]:
+        expected = expected + np.maximum(np.einsum("tmi,tio->tmo", expected, layer["kernel"]) + layer["bias"][:, None], 0)
+    expected = np.einsum("tmi,tio->tmo", expected, layers[-1]["kernel"]) + layers[-1]["bias"][:, None]
+    np.testing.assert_allclose(head(tf.constant(z), params, mean_only=True).numpy(), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="every hidden width equal to the input size 8"):
+        BayesianMLP(8, (4,), 3, residual=True)
 
 
 def test_learned_inner_rates_start_at_inner_lr_and_change_the_adaptation(train_sampler):

@@ -90,6 +90,9 @@ class AmortizedBNN(EpisodicModel):
         (``task_encoding="concat"``) or :class:`~tfp_abml.task_encoding.ClassMeanPool` (``"pool"``).
       posterior: ``"paper"`` or ``"aligned"`` (output means from class prototypes; see above).
       learn_inner_lr: learn one inner step size per posterior tensor.
+      residual_head: hidden layers add to their input (``a_l = a_{l-1} + relu(...)``, widths equal
+        to the embedding size), so the prototypes see the whole embedding
+        (:class:`tfp_abml.bayesian_head.BayesianMLP`).
       seed: int seed for the model's random streams (None: unseeded).
     """
 
@@ -98,7 +101,7 @@ class AmortizedBNN(EpisodicModel):
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
                  kl_scale=1e-6, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
                  transductive_batch_norm=True, task_encoder=None, task_encoding="concat", posterior="paper",
-                 learn_inner_lr=False, seed=None, eval_inner_steps=None, **kwargs):
+                 learn_inner_lr=False, seed=None, eval_inner_steps=None, residual_head=False, **kwargs):
         super().__init__(ways, **kwargs)
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
@@ -113,7 +116,7 @@ class AmortizedBNN(EpisodicModel):
         if task_encoder is None and task_encoding == "pool":
             task_encoder = ClassMeanPool(self.ways, name="task_encoder")
         self.task_encoder = task_encoder or ClassMeanConcat(self.ways, seed=_seed(seed, 1), name="task_encoder")
-        self.head = BayesianMLP(embedding_dim, hidden_units, self.ways)
+        self.head = BayesianMLP(embedding_dim, hidden_units, self.ways, residual=residual_head)
         self.posterior = AmortizedPosterior(self.head.layer_shapes, units=self.task_encoder.output_dim(embedding_dim),
                                             noise_dim=noise_dim, initial_scale=initial_scale,
                                             symmetric_output=posterior == "aligned",
@@ -156,9 +159,7 @@ class AmortizedBNN(EpisodicModel):
 
     def aligned_output(self, params, support_embeddings, support_labels):
         """``params`` with the output layer's means set from the class prototypes (see module doc)."""
-        features = support_embeddings
-        for layer in params[:-1]:
-            features = tf.nn.relu(self.head.dense(features, layer, mean_only=True))
+        features = self.head.features(support_embeddings, params[:-1], mean_only=True)
         prototypes = class_means(features, support_labels, self.ways)  # [T, N, F]
         output = dataclasses.replace(
             params[-1],

@@ -81,6 +81,7 @@ class RunConfig:
     embedding_dim: int = 64
     encoder_weights: str | None = None
     hidden_units: tuple = (64,)
+    residual_head: bool = False  # abml: hidden layers add to their input (widths = embedding_dim)
     posterior: str = "aligned"  # abml: "aligned" (output means from class prototypes) or "paper"
     learn_inner_lr: bool | None = None  # abml: one learned inner step size per posterior tensor
     task_encoding: str | None = None  # abml: "concat" (paper: class means in random order) or "pool"
@@ -182,6 +183,11 @@ class RunConfig:
             raise UserInputError(f"--kl-scale must be >= 0, got {self.kl_scale}")
         if any(int(u) < 1 for u in self.hidden_units):
             raise UserInputError(f"--hidden-units must be positive integers, got {list(self.hidden_units)}")
+        if self.residual_head and self.method != "abml":
+            raise UserInputError(f"--residual-head applies only to --method abml, not {self.method}: leave it out")
+        if self.residual_head and any(int(u) != self.embedding_dim for u in self.hidden_units):
+            raise UserInputError(f"--residual-head adds each hidden layer to its input, so every --hidden-units must "
+                                 f"equal --embedding-dim {self.embedding_dim}, got {list(self.hidden_units)}")
         # A folder's classes (and a tfds:NAME dataset's) have no fixed size: training.fit counts them.
         examples = EXAMPLES_PER_CLASS[dataset_kind(self.dataset)]
         per_class = ("drawers per Omniglot character" if self.dataset == "omniglot"
@@ -378,7 +384,8 @@ class RunConfig:
                             inner_lr=self.inner_lr, kl_scale=self.kl_scale,
                             first_order=self.first_order, eval_samples=self.eval_samples,
                             initial_scale=self.initial_scale, posterior=self.posterior,
-                            learn_inner_lr=self.learn_inner_lr, task_encoding=self.task_encoding, seed=self.seed)
+                            learn_inner_lr=self.learn_inner_lr, task_encoding=self.task_encoding, seed=self.seed,
+                            residual_head=self.residual_head)
 
     def example_inputs(self):
         """A one-task batch of zeros in the model's input layout: enough to create its variables."""

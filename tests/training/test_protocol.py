@@ -142,6 +142,8 @@ def test_a_ways_agnostic_run_evaluates_and_exports_at_other_ways(agnostic_run, t
     (["--train-ways", "700"], "--train-ways 700 is larger than the 688 classes of the val split"),
     (["--lr-decay-episodes", "0"], "--lr-decay-episodes must be an integer >= 1"),
     (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice"),
+    (["--residual-head", "--hidden-units", "32"], "every --hidden-units must equal --embedding-dim 64, got [32]"),
+    (["--method", "protonet", "--residual-head"], "--residual-head applies only to --method abml"),
 ])
 def test_bad_protocol_flags_exit_2_with_one_line(args, message, data_dir, tmp_path, capsys):
     output = tmp_path / "run"
@@ -217,3 +219,23 @@ def test_evaluation_adapts_with_eval_inner_steps_and_training_with_inner_steps(m
     np.testing.assert_allclose(*pair(three, False), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(*pair(one, True), rtol=1e-5, atol=1e-6)
     assert not np.allclose(*pair(one, False), rtol=1e-5, atol=1e-6)
+
+
+
+def test_protocol_fit_flags_reach_only_their_method(tmp_path):
+    """benchmarks/protocol.py --fit-flags METHOD=FLAGS: appended to that method's training.fit command."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    import protocol
+
+    flags = {"abml": "--residual-head --hidden-units 64"}
+    abml = protocol.fit_command("abml", "data", 1, tmp_path, fit_flags=flags)
+    start = abml.index("--residual-head")
+    assert abml[start:start + 3] == ["--residual-head", "--hidden-units", "64"]
+    assert "--residual-head" not in protocol.fit_command("protonet", "data", 1, tmp_path, fit_flags=flags)
+    args = fit.build_parser().parse_args(abml[abml.index("training.fit") + 1:])  # training.fit takes them
+    assert args.residual_head and args.hidden_units == [64]
+    with pytest.raises(SystemExit):
+        protocol.main(["--data-dir", "data", "--fit-flags", "reptile=--residual-head"])
