@@ -110,6 +110,9 @@ class RunConfig:
     # which training.fit finds in the data and records, so that a run's model is built without it.
     class_split: str | None = None
     image_channels: int | None = None
+    # Weights (a .weights.h5 file) a new run starts from instead of its seeded initial ones, e.g. a
+    # trained run's best.weights.h5 to fine-tune it at another --kl-scale; a resumed run ignores it.
+    init_weights: str | None = None
 
     def __post_init__(self):
         # Unset inner-loop settings and meta-batch follow the method's paper (method_defaults).

@@ -128,6 +128,9 @@ def build_parser():
                             "see docs/benchmarks.md, --jit auto)")
     run = p.add_argument_group("run")
     run.add_argument("--config", default=None, help="JSON file of settings (e.g. from training.tune); flags win")
+    run.add_argument("--init-weights", default=None,
+                     help="start from these weights (a .weights.h5 file, or a run folder: its best weights) "
+                          "instead of fresh ones, e.g. to fine-tune a trained run at another --kl-scale")
     run.add_argument("--output", default=None, help="run directory; default runs/<dataset>-<ways>w<shots>s[-<method>]")
     run.add_argument("--overwrite", action="store_true", help="discard an existing run in --output")
     run.add_argument("--max-minutes", type=float, default=None,
@@ -137,6 +140,23 @@ def build_parser():
                      help="none: one device; mirrored: this machine's GPUs; multi-worker: the machines in "
                           "TF_CONFIG (see docs/distributed.md); --meta-batch is split evenly over all replicas")
     return p
+
+
+def _weights_file(path):
+    """``--init-weights``: a weights file as given, or a run folder's best weights (else its final ones)."""
+    from tfp_abml.checkpointing import BEST_WEIGHTS, FINAL_WEIGHTS
+
+    path = pathlib.Path(path)
+    if path.is_dir():
+        found = [path / name for name in (BEST_WEIGHTS, FINAL_WEIGHTS) if (path / name).is_file()]
+        if not found:
+            raise UserInputError(f"--init-weights {path} is a folder without {BEST_WEIGHTS} or {FINAL_WEIGHTS}: "
+                                 "give a finished training run or a .weights.h5 file")
+        path = found[0]
+    if not (path.name.endswith(".weights.h5") and path.is_file()):
+        raise UserInputError(f"--init-weights {path} is not a .weights.h5 file: give a run's {BEST_WEIGHTS} or "
+                             f"{FINAL_WEIGHTS}, or the run folder")
+    return str(path.resolve())
 
 
 def parse_config(argv):
@@ -159,6 +179,8 @@ def parse_config(argv):
     values = {k: v for k, v in vars(args).items()
               if k not in ("config", "output", "overwrite", "verbose", "max_minutes", "strategy")}
     values["hidden_units"] = tuple(values["hidden_units"])
+    if values.get("init_weights"):
+        values["init_weights"] = _weights_file(values["init_weights"])
     config = RunConfig.from_dict(values).validate()
     suffix = "" if config.method == "abml" else f"-{config.method}"
     name = config.dataset.replace(":", "-").replace("/", "-")  # tfds:NAME[/CONFIG][:KEY]: one folder name
@@ -408,6 +430,19 @@ def _train(config, output, verbose, max_minutes, strategy):
         print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs} (optimizer step "
               f"{int(model.optimizer.iterations.numpy())}, next training episode "
               f"{initial_epoch * episodes_per_epoch}).", flush=True)
+    if not initial_epoch and config.init_weights:
+        # A .weights.h5 file holds the optimizer's state too (its step count and learning rate among
+        # it): keep this run's fresh optimizer, so that its own --learning-rate and schedule apply.
+        fresh_optimizer = [variable.numpy() for variable in model.optimizer.variables]
+        try:
+            model.load_weights(config.init_weights)
+            for variable, value in zip(model.optimizer.variables, fresh_optimizer):
+                variable.assign(value)
+        except ValueError as err:
+            raise UserInputError(f"--init-weights {config.init_weights} does not fit this model (another method, "
+                                 f"encoder or head?): {str(err).splitlines()[0]}") from err
+        if chief:
+            print(f"Starting from the weights in {config.init_weights}.", flush=True)
     if initial_epoch >= config.epochs:
         print(f"Nothing to do: {config.epochs} epochs are done; raise --epochs to train longer.")
         return None

@@ -90,6 +90,43 @@ def test_short_run_learns_writes_its_files_and_resumes(tmp_path, data_dir):
     assert json.loads((output / "history.json").read_text())["epoch"] == [1]
 
 
+def test_init_weights_starts_a_new_run_from_a_trained_one_and_refuses_what_does_not_fit(tmp_path, data_dir, capsys):
+    import numpy as np
+
+    from tfp_abml.runs import load_run
+
+    tiny = ["--epochs", "1", "--steps-per-epoch", "2", "--val-tasks", "0", "--meta-batch", "1", "--verbose", "0",
+            "--data-dir", str(data_dir), "--ways", "5", "--queries", "2"]
+    source = tmp_path / "source"
+    assert fit.main([*tiny, "--output", str(source)]) == 0
+    # A near-zero learning rate: the new run's weights stay those it started from (another seed would
+    # draw other initial weights), so they show where it started.
+    tuned = tmp_path / "tuned"
+    assert fit.main([*tiny, "--seed", "7", "--learning-rate", "1e-12", "--kl-scale", "1e-4", "--init-weights",
+                     str(source), "--output", str(tuned)]) == 0
+    fresh = tmp_path / "fresh"
+    assert fit.main([*tiny, "--seed", "7", "--learning-rate", "1e-12", "--output", str(fresh)]) == 0
+    (_, trained), (config, started), (_, unstarted) = (load_run(run, "last") for run in (source, tuned, fresh))
+    assert config.init_weights == str((source / "model.weights.h5").resolve()) and config.kl_scale == 1e-4
+    pairs = [(a.numpy(), b.numpy(), c.numpy()) for a, b, c in zip(trained.trainable_variables,
+                                                                    started.trainable_variables,
+                                                                    unstarted.trainable_variables)]
+    assert all(np.allclose(a, b, atol=1e-6) for a, b, _ in pairs)
+    assert not all(np.allclose(a, c, atol=1e-6) for a, _, c in pairs)
+
+    capsys.readouterr()
+    protonet = tmp_path / "protonet"
+    assert fit.main([*tiny, "--method", "protonet", "--output", str(protonet)]) == 0
+    for weights, message in ((tmp_path / "none.weights.h5", "is not a .weights.h5 file"),
+                             (tmp_path, "is a folder without best.weights.h5 or model.weights.h5"),
+                             (protonet, "does not fit this model")):
+        capsys.readouterr()
+        assert fit.main([*tiny, "--init-weights", str(weights), "--output", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --init-weights") and message in err[0], err
+        assert not (tmp_path / "bad").exists()
+
+
 def test_config_file_sets_defaults_and_flags_win(tmp_path):
     path = tmp_path / "best.json"
     path.write_text(json.dumps({"kl_scale": 0.01, "inner_steps": 1, "inner_lr": 1.0}))
