@@ -1,13 +1,14 @@
 """The KL scale, measured: one trained abml run fine-tuned at each ``kl_scale``, every result on the same tasks.
 
     python benchmarks/kl_scale.py --data-dir ../shared/data --run runs/protocol-residual80/omniglot-60w1s-abml \
-        --kl-scales 1e-6 1e-5 1e-4 1e-3 --minutes 12 --tag residual80
+        --kl-scales 1e-6 1e-5 1e-4 1e-3 --epochs 12 --tag residual80
 
 Training abml from scratch per ``kl_scale`` costs an hour or more of CPU each; the posterior's
 scales, which the KL term acts on, settle far faster. So every value starts from the same trained
-weights (``training.fit --init-weights``) and trains ``--minutes`` more under the run's own task
-shape at a constant ``--learning-rate``, the run's own ``kl_scale`` included as the control (it
-gets the same extra training). Two fine-tunes run at a time (``--parallel``).
+weights (``training.fit --init-weights``) and trains ``--epochs`` more epochs (of the run's own
+steps and task shape) at a constant ``--learning-rate``, the run's own ``kl_scale`` included as the
+control (it gets the same extra training). Epochs, not minutes: every value gets the same updates
+whatever else shares the machine. Two fine-tunes run at a time (``--parallel``).
 
 For each value: validation NLL and accuracy of its best epoch (``history.json``: the selection
 criterion, never test tasks), then ``training.evaluate`` on ``--tasks`` test tasks at each
@@ -37,10 +38,10 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def fit_command(run, kl_scale, output, data_dir, minutes, learning_rate):
+def fit_command(run, kl_scale, output, data_dir, epochs, learning_rate):
     return [sys.executable, "-m", "training.fit", "--config", str(pathlib.Path(run) / "config.json"),
             "--init-weights", str(run), "--kl-scale", f"{kl_scale:g}", "--lr-schedule", "constant",
-            "--learning-rate", f"{learning_rate:g}", "--epochs", "1000", "--max-minutes", f"{minutes:g}",
+            "--learning-rate", f"{learning_rate:g}", "--epochs", str(epochs),
             "--data-dir", str(data_dir), "--output", str(output), "--verbose", "2"]
 
 
@@ -49,7 +50,7 @@ def evaluate_command(run, ways, tasks, data_dir):
             "--queries", "15", "--tasks", str(tasks), "--seed", "0", "--data-dir", str(data_dir), "--verbose", "0"]
 
 
-def fine_tune_all(run, kl_scales, runs_dir, data_dir, minutes, learning_rate, parallel):
+def fine_tune_all(run, kl_scales, runs_dir, data_dir, epochs, learning_rate, parallel):
     """Fine-tune at every ``kl_scale``, ``parallel`` at a time; a finished fine-tune is not redone."""
     pending = [k for k in kl_scales if not (run_folder(runs_dir, k) / "model.weights.h5").is_file()]
     while pending:
@@ -57,9 +58,9 @@ def fine_tune_all(run, kl_scales, runs_dir, data_dir, minutes, learning_rate, pa
         children = []
         for kl_scale in batch:
             log = open(runs_dir / f"kl-{kl_scale:g}.log", "a")
-            command = fit_command(run, kl_scale, run_folder(runs_dir, kl_scale), data_dir, minutes, learning_rate)
+            command = fit_command(run, kl_scale, run_folder(runs_dir, kl_scale), data_dir, epochs, learning_rate)
             children.append((kl_scale, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
-            print(f"kl_scale {kl_scale:g}: fine-tuning for {minutes:g} min, log in {log.name}", flush=True)
+            print(f"kl_scale {kl_scale:g}: fine-tuning for {epochs} epochs, log in {log.name}", flush=True)
         for kl_scale, child in children:
             if child.wait() != 0:
                 raise SystemExit(f"error: the fine-tune at kl_scale {kl_scale:g} failed; see its log")
@@ -132,7 +133,7 @@ def main(argv=None):
     p.add_argument("--data-dir", required=True)
     p.add_argument("--run", required=True, help="a trained abml run (training.fit --output)")
     p.add_argument("--kl-scales", type=float, nargs="+", default=[1e-6, 1e-5, 1e-4, 1e-3])
-    p.add_argument("--minutes", type=float, default=12.0, help="fine-tuning budget per kl_scale")
+    p.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs per kl_scale (the run's steps per epoch)")
     p.add_argument("--learning-rate", type=float, default=1e-4, help="constant Adam rate of the fine-tunes")
     p.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time")
     p.add_argument("--tasks", type=int, default=600)
@@ -149,7 +150,7 @@ def main(argv=None):
     runs_dir.mkdir(parents=True, exist_ok=True)
     kl_scales = sorted(set(args.kl_scales))
     base = pathlib.Path(args.run).resolve()
-    fine_tune_all(base, kl_scales, runs_dir, args.data_dir, args.minutes,
+    fine_tune_all(base, kl_scales, runs_dir, args.data_dir, args.epochs,
                   args.learning_rate, args.parallel)
 
     rows = []
@@ -158,7 +159,7 @@ def main(argv=None):
         history, best = read_json(run / "history.json", {}), read_json(run / "best.json", {})
         epoch = history["epoch"].index(best["epoch"]) if best.get("epoch") in history.get("epoch", []) else -1
         row = {"kl_scale": kl_scale, "epochs": len(history.get("epoch", [])),
-               "fit_command": " ".join(["python", *fit_command(base, kl_scale, run, args.data_dir, args.minutes,
+               "fit_command": " ".join(["python", *fit_command(base, kl_scale, run, args.data_dir, args.epochs,
                                                               args.learning_rate)[1:]]),
                "val_nll": history["val_nll"][epoch], "val_accuracy": history["val_accuracy"][epoch],
                "val_kl": history.get("val_kl", [None])[epoch], "test": {}}

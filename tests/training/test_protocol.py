@@ -239,3 +239,18 @@ def test_protocol_fit_flags_reach_only_their_method(tmp_path):
     assert args.residual_head and args.hidden_units == [64]
     with pytest.raises(SystemExit):
         protocol.main(["--data-dir", "data", "--fit-flags", "reptile=--residual-head"])
+
+
+def test_kl_scale_fine_tunes_start_from_the_run_at_their_own_scale(tmp_path):
+    """benchmarks/kl_scale.py: each fine-tune is a training.fit of the run's config from its weights."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    import kl_scale
+
+    command = kl_scale.fit_command(tmp_path / "run", 1e-4, tmp_path / "kl-0.0001", "data", 12, 1e-4)
+    args = fit.build_parser().parse_args(command[command.index("training.fit") + 1:])
+    assert (args.config, args.init_weights) == (str(tmp_path / "run" / "config.json"), str(tmp_path / "run"))
+    assert (args.kl_scale, args.epochs, args.lr_schedule, args.learning_rate) == (1e-4, 12, "constant", 1e-4)
+    assert kl_scale.run_folder(tmp_path, 1e-4).name == "kl-0.0001"
