@@ -422,15 +422,7 @@ def _train(config, output, verbose, max_minutes, strategy):
 
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()
-    if distribute.is_multi_worker(strategy):  # only the chief has checkpoints: everyone continues from its state
-        distribute.copy_from_chief(strategy, [*model.variables, *model.optimizer.variables, state.epoch])
-        initial_epoch = int(state.epoch.numpy())
-    if initial_epoch and chief:
-        # The numbers a resume must continue from, printed so that a user (and the tests) can check them.
-        print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs} (optimizer step "
-              f"{int(model.optimizer.iterations.numpy())}, next training episode "
-              f"{initial_epoch * episodes_per_epoch}).", flush=True)
-    if not initial_epoch and config.init_weights:
+    if not initial_epoch and config.init_weights:  # before a cluster's workers copy the chief's state
         # A .weights.h5 file holds the optimizer's state too (its step count and learning rate among
         # it): keep this run's fresh optimizer, so that its own --learning-rate and schedule apply.
         fresh_optimizer = [variable.numpy() for variable in model.optimizer.variables]
@@ -443,6 +435,14 @@ def _train(config, output, verbose, max_minutes, strategy):
                                  f"encoder or head?): {str(err).splitlines()[0]}") from err
         if chief:
             print(f"Starting from the weights in {config.init_weights}.", flush=True)
+    if distribute.is_multi_worker(strategy):  # only the chief has checkpoints: everyone continues from its state
+        distribute.copy_from_chief(strategy, [*model.variables, *model.optimizer.variables, state.epoch])
+        initial_epoch = int(state.epoch.numpy())
+    if initial_epoch and chief:
+        # The numbers a resume must continue from, printed so that a user (and the tests) can check them.
+        print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs} (optimizer step "
+              f"{int(model.optimizer.iterations.numpy())}, next training episode "
+              f"{initial_epoch * episodes_per_epoch}).", flush=True)
     if initial_epoch >= config.epochs:
         print(f"Nothing to do: {config.epochs} epochs are done; raise --epochs to train longer.")
         return None
