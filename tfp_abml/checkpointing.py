@@ -192,6 +192,25 @@ def save_weights_atomic(model, path):
     tmp.replace(path)
 
 
+def load_initial_weights(model, path):
+    """Start ``model`` from the weights in ``path`` (a ``.weights.h5`` file), keeping its optimizer fresh.
+
+    A ``.weights.h5`` file holds the optimizer's state too (its step count and learning rate among
+    it); a run that starts from another run's weights keeps its own, so that its ``--learning-rate``
+    and schedule apply. Raises ``UserInputError`` when the file's weights do not fit ``model``.
+    """
+    from tfp_abml.errors import UserInputError
+
+    fresh_optimizer = [variable.numpy() for variable in model.optimizer.variables] if model.optimizer else []
+    try:
+        model.load_weights(str(path))
+    except ValueError as err:
+        raise UserInputError(f"--init-weights {path} does not fit this model (another method, encoder or head?): "
+                             f"{_first_line(err)}") from err
+    for variable, value in zip(model.optimizer.variables if model.optimizer else [], fresh_optimizer):
+        variable.assign(value)
+
+
 def best_epoch(history):
     """(epoch, value) of the best validation accuracy in ``history`` (the first of equals), or None."""
     values = history.get(SELECTION_METRIC) or []

@@ -17,6 +17,21 @@ from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import RunConfig
 
 
+def initial_weights_file(path):
+    """``--init-weights``: a weights file as given, or a run folder's best weights (else its final ones)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        found = [path / name for name in (BEST_WEIGHTS, FINAL_WEIGHTS) if (path / name).is_file()]
+        if not found:
+            raise UserInputError(f"--init-weights {path} is a folder without {BEST_WEIGHTS} or {FINAL_WEIGHTS}: "
+                                 "give a finished training run or a .weights.h5 file")
+        path = found[0]
+    if not (path.name.endswith(".weights.h5") and path.is_file()):
+        raise UserInputError(f"--init-weights {path} is not a .weights.h5 file: give a run's {BEST_WEIGHTS} or "
+                             f"{FINAL_WEIGHTS}, or the run folder")
+    return str(path.resolve())
+
+
 def load_run(run_dir, weights="best", **overrides):
     """Config and model of a training run.
 

@@ -23,6 +23,7 @@ import time
 import keras
 import keras_tuner
 
+from tfp_abml.checkpointing import load_initial_weights
 from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import RunConfig
 
@@ -123,6 +124,8 @@ class FewShotHyperModel(keras_tuner.HyperModel):
         model = config.compiled_model()
         model(config.example_inputs())
         model.optimizer.build(model.trainable_variables)  # so a trial's saved optimizer state loads too
+        if config.init_weights:  # every trial fine-tunes the same trained weights
+            load_initial_weights(model, config.init_weights)
         return model
 
     def _datasets(self, config):

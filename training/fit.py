@@ -142,23 +142,6 @@ def build_parser():
     return p
 
 
-def _weights_file(path):
-    """``--init-weights``: a weights file as given, or a run folder's best weights (else its final ones)."""
-    from tfp_abml.checkpointing import BEST_WEIGHTS, FINAL_WEIGHTS
-
-    path = pathlib.Path(path)
-    if path.is_dir():
-        found = [path / name for name in (BEST_WEIGHTS, FINAL_WEIGHTS) if (path / name).is_file()]
-        if not found:
-            raise UserInputError(f"--init-weights {path} is a folder without {BEST_WEIGHTS} or {FINAL_WEIGHTS}: "
-                                 "give a finished training run or a .weights.h5 file")
-        path = found[0]
-    if not (path.name.endswith(".weights.h5") and path.is_file()):
-        raise UserInputError(f"--init-weights {path} is not a .weights.h5 file: give a run's {BEST_WEIGHTS} or "
-                             f"{FINAL_WEIGHTS}, or the run folder")
-    return str(path.resolve())
-
-
 def parse_config(argv):
     """Flags (over ``--config``, over defaults) -> (RunConfig, output, overwrite, verbose, max_minutes, strategy)."""
     parser = build_parser()
@@ -180,7 +163,9 @@ def parse_config(argv):
               if k not in ("config", "output", "overwrite", "verbose", "max_minutes", "strategy")}
     values["hidden_units"] = tuple(values["hidden_units"])
     if values.get("init_weights"):
-        values["init_weights"] = _weights_file(values["init_weights"])
+        from tfp_abml.runs import initial_weights_file
+
+        values["init_weights"] = initial_weights_file(values["init_weights"])
     config = RunConfig.from_dict(values).validate()
     suffix = "" if config.method == "abml" else f"-{config.method}"
     name = config.dataset.replace(":", "-").replace("/", "-")  # tfds:NAME[/CONFIG][:KEY]: one folder name
@@ -392,8 +377,8 @@ def _train(config, output, verbose, max_minutes, strategy):
     import keras
 
     from tfp_abml import distribute
-    from tfp_abml.checkpointing import (FINAL_WEIGHTS, TrainingState, checkpoint_callback, keep_best, read_json,
-                                        save_weights_atomic, write_json_atomic)
+    from tfp_abml.checkpointing import (FINAL_WEIGHTS, TrainingState, checkpoint_callback, keep_best,
+                                        load_initial_weights, read_json, save_weights_atomic, write_json_atomic)
     from tfp_abml.data import tfds_datasets
 
     saved_config, config = config, config.for_training()  # the training task shape (--train-ways ...)
@@ -423,16 +408,7 @@ def _train(config, output, verbose, max_minutes, strategy):
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()
     if not initial_epoch and config.init_weights:  # before a cluster's workers copy the chief's state
-        # A .weights.h5 file holds the optimizer's state too (its step count and learning rate among
-        # it): keep this run's fresh optimizer, so that its own --learning-rate and schedule apply.
-        fresh_optimizer = [variable.numpy() for variable in model.optimizer.variables]
-        try:
-            model.load_weights(config.init_weights)
-            for variable, value in zip(model.optimizer.variables, fresh_optimizer):
-                variable.assign(value)
-        except ValueError as err:
-            raise UserInputError(f"--init-weights {config.init_weights} does not fit this model (another method, "
-                                 f"encoder or head?): {str(err).splitlines()[0]}") from err
+        load_initial_weights(model, config.init_weights)
         if chief:
             print(f"Starting from the weights in {config.init_weights}.", flush=True)
     if distribute.is_multi_worker(strategy):  # only the chief has checkpoints: everyone continues from its state

@@ -30,7 +30,7 @@ TUNERS = ("random", "bayesian")  # tfp_abml.tuning.TUNERS, without importing Ten
 OBJECTIVES = ("accuracy", "nll")  # tfp_abml.tuning.OBJECTIVES
 # Base-config settings that may be given as flags; everything else comes from --config.
 BASE_FLAGS = ("data_dir", "ways", "shots", "queries", "encoder", "inner_steps", "inner_lr", "meta_batch",
-              "learning_rate", "val_tasks", "seed", "jit")
+              "learning_rate", "val_tasks", "seed", "jit", "init_weights")
 _DEFAULTS = RunConfig()
 
 
@@ -78,6 +78,9 @@ def build_parser():
                       help=f"validation tasks that score each trial ({_DEFAULTS.val_tasks})")
     base.add_argument("--seed", type=int, default=unset, help=f"seed of weights, tasks, tuner ({_DEFAULTS.seed})")
     base.add_argument("--jit", default=unset, choices=JIT_MODES, help="XLA for the outer update (auto)")
+    base.add_argument("--init-weights", default=unset,
+                      help="every trial fine-tunes these weights (a .weights.h5 file, or a run folder: its best "
+                           "weights; with that run's --config) instead of training fresh ones (none)")
     run = p.add_argument_group("output")
     run.add_argument("--output", default=unset,
                      help="search folder (Keras Tuner project, settings); default runs/tune-<dataset>-<ways>w<shots>s")
@@ -94,6 +97,10 @@ def parse(argv):
     config_file = getattr(args, "config", None)
     values = RunConfig.load(config_file).to_dict() if config_file else RunConfig().to_dict()
     values.update({name: getattr(args, name) for name in BASE_FLAGS if hasattr(args, name)})
+    if values.get("init_weights"):
+        from tfp_abml.runs import initial_weights_file
+
+        values["init_weights"] = initial_weights_file(values["init_weights"])
     base = RunConfig.from_dict(values).validate()
     if base.method != "abml":
         raise UserInputError(f"--config {config_file} is a {base.method} run: the KL scale exists only in the "

@@ -168,3 +168,37 @@ def test_chief_and_worker_on_localhost(tmp_path, data_dir):
     assert len(list((tmp_path / "worker" / "search").glob("trial_*/checkpoint.weights.h5"))) == 2
     assert not (tmp_path / "worker" / "best_config.json").exists()
     _check_best(tmp_path / "chief" / "best_config.json", trials, objective="accuracy")
+
+
+def test_init_weights_makes_every_trial_start_from_the_trained_weights(tmp_path):
+    import keras
+    import keras_tuner
+    import numpy as np
+
+    from tfp_abml import tuning
+
+    base = RunConfig(ways=3, shots=1, queries=2, inner_steps=1, meta_batch=1, val_tasks=1, seed=0).validate()
+    trained = base.compiled_model()
+    trained(base.example_inputs())
+    trained.optimizer.build(trained.trainable_variables)
+    rng = np.random.default_rng(0)
+    for variable in trained.trainable_variables:  # "trained": away from the seeded initial weights
+        variable.assign(variable + 0.1 * rng.standard_normal(variable.shape).astype("float32"))
+    trained.optimizer.iterations.assign(500)  # the file carries the optimizer's step: trials must not
+    trained.save_weights(str(tmp_path / "best.weights.h5"))
+
+    config, *_ = tune.parse(["--config", str(_write(tmp_path / "config.json", base)), "--init-weights", str(tmp_path)])
+    assert config.init_weights == str((tmp_path / "best.weights.h5").resolve())
+    for kl_scale in (1e-6, 1e-3):
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("kl_scale", kl_scale)
+        model = tuning.FewShotHyperModel(config, tuning.SearchSpace(kl_min=1e-6, kl_max=1e-3)).build(hp)
+        for got, want in zip(model.trainable_variables, trained.trainable_variables):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+        assert int(model.optimizer.iterations.numpy()) == 0 and model.kl_scale == kl_scale
+    keras.backend.clear_session()
+
+
+def _write(path, config):
+    path.write_text(json.dumps(config.to_dict()))
+    return path
