@@ -201,9 +201,13 @@ def load_initial_weights(model, path):
     """
     from tfp_abml.errors import UserInputError
 
+    import warnings
+
     fresh_optimizer = [variable.numpy() for variable in model.optimizer.variables] if model.optimizer else []
     try:
-        model.load_weights(str(path))
+        with warnings.catch_warnings():  # Keras's note that it skips an optimizer of another layout: so do we
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(str(path))
     except ValueError as err:
         raise UserInputError(f"--init-weights {path} does not fit this model (another method, encoder or head?): "
                              f"{_first_line(err)}") from err
