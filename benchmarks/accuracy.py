@@ -42,16 +42,20 @@ ABML_VARIANTS = {
     "paper": ("the paper's method (our defaults: unit-norm embeddings x learned scale, transductive BN)",
               {"posterior": "paper"}),
     "aligned": ("output-layer means from class prototypes, LSTM emits the rest class-symmetrically",
-                {"posterior": "aligned", "task_encoding": "concat", "learn_inner_lr": False}),
+                {"posterior": "aligned", "task_encoding": "concat", "learn_inner_lr": False, "residual_head": False}),
     "aligned+lr": ("aligned + a learned inner step size per posterior tensor",
-                   {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "concat"}),
+                   {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "concat", "residual_head": False}),
     "aligned+lr, no hidden": ("aligned + learned inner lr, Bayesian head without a hidden layer",
                               {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "concat", "hidden_units": ()}),
     "paper+lr": ("the paper's method + a learned inner step size per posterior tensor",
                  {"posterior": "paper", "learn_inner_lr": True}),
     "aligned+lr, pool": ("aligned + learned inner lr, LSTM state from the mean and spread of the class means "
                          "(size 2D, not N x D)",
-                         {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "pool"}),
+                         {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "pool", "residual_head": False}),
+    "aligned+lr, pool, residual": ("aligned + learned inner lr + pool, hidden layer added to its input "
+                                   "(training.fit's default)",
+                                   {"posterior": "aligned", "learn_inner_lr": True, "task_encoding": "pool",
+                                    "residual_head": True}),
 }
 
 

@@ -11,7 +11,7 @@ from tfp_abml.run_config import METHODS, RunConfig
 
 CASES = [dict(method=m) for m in METHODS] + [dict(method="abml", posterior="paper", task_encoding="concat",
                                                   learn_inner_lr=False),
-                                             dict(method="abml", residual_head=True)]
+                                             dict(method="abml", residual_head=False)]
 
 
 @pytest.mark.parametrize("settings", CASES, ids=lambda s: "-".join(str(v) for v in s.values()))

@@ -21,6 +21,8 @@ POSTERIOR_DEFAULTS = {"aligned": {"task_encoding": "pool", "learn_inner_lr": Tru
                       "paper": {"task_encoding": "concat", "learn_inner_lr": False}}
 # Settings a config.json written before they existed lacks, with the value those runs used.
 LEGACY_VALUES = {"posterior": "paper", "task_encoding": "concat", "learn_inner_lr": False}
+# ... and a config.json written before --residual-head existed: those runs had the plain head.
+LEGACY_RESIDUAL_HEAD = False
 # Outer Adam learning rate when --learning-rate is not given. The amortized posterior's large
 # output heads destabilise at 1e-3 (see README); the baselines use their papers' 1e-3.
 DEFAULT_LEARNING_RATE = {"abml": 3e-4, "protonet": 1e-3, "maml": 1e-3, "metasgd": 1e-3, "matching": 1e-3}
@@ -81,7 +83,9 @@ class RunConfig:
     embedding_dim: int = 64
     encoder_weights: str | None = None
     hidden_units: tuple = (64,)
-    residual_head: bool = False  # abml: hidden layers add to their input (widths = embedding_dim)
+    # abml: hidden layers add to their input (widths = embedding_dim); None: on for the aligned
+    # posterior when every hidden width equals embedding_dim (benchmarks/protocol.py --tag residual80)
+    residual_head: bool | None = None
     posterior: str = "aligned"  # abml: "aligned" (output means from class prototypes) or "paper"
     learn_inner_lr: bool | None = None  # abml: one learned inner step size per posterior tensor
     task_encoding: str | None = None  # abml: "concat" (paper: class means in random order) or "pool"
@@ -132,6 +136,10 @@ class RunConfig:
             self.task_encoding = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["task_encoding"]
         if self.learn_inner_lr is None:
             self.learn_inner_lr = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["learn_inner_lr"]
+        if self.residual_head is None:
+            widths = [u for u in self.hidden_units if isinstance(u, int)]
+            self.residual_head = (self.method == "abml" and self.posterior == "aligned" and len(widths) > 0
+                                  and all(u == self.embedding_dim for u in widths))
 
     # -- validation (no TensorFlow) -----------------------------------------------------------
 
@@ -354,6 +362,8 @@ class RunConfig:
             data = json.loads(open(path).read())
             if isinstance(data, dict) and "posterior" not in data:  # a run from before --posterior
                 data = {**LEGACY_VALUES, **data}
+            if isinstance(data, dict) and "residual_head" not in data:  # a run from before --residual-head
+                data = {**data, "residual_head": LEGACY_RESIDUAL_HEAD}
             return cls.from_dict(data)
         except (OSError, json.JSONDecodeError) as err:
             raise UserInputError(f"cannot read config {path}: {err}") from err

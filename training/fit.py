@@ -81,9 +81,10 @@ def build_parser():
     model.add_argument("--learn-inner-lr", action=argparse.BooleanOptionalAction, default=None,
                        help="abml: learn one inner step size per posterior tensor, starting at --inner-lr. "
                             "Default: on for --posterior aligned, off for paper")
-    model.add_argument("--residual-head", action="store_true",
+    model.add_argument("--residual-head", action=argparse.BooleanOptionalAction, default=None,
                        help="abml: each hidden layer adds to its input (a = a + relu(dense(a))), so the prototypes "
-                            "see the whole embedding; needs --hidden-units equal to --embedding-dim")
+                            "see the whole embedding; needs --hidden-units equal to --embedding-dim. Default: on "
+                            "for --posterior aligned when they are equal, else off")
     model.add_argument("--noise-dim", type=int, default=_DEFAULTS.noise_dim, help="LSTM noise input size")
     model.add_argument("--initial-scale", type=float, default=_DEFAULTS.initial_scale,
                        help="posterior scale of every BNN weight at initialisation")

@@ -155,6 +155,27 @@ def test_posterior_options_follow_the_posterior_unless_given(args, expected, tmp
     assert (config.posterior, config.task_encoding, config.learn_inner_lr) == expected
 
 
+@pytest.mark.parametrize("args, residual", [
+    ([], True),  # the default since the residual80 protocol run
+    (["--no-residual-head"], False),
+    (["--hidden-units", "32"], False),  # widths other than the embedding: the plain head, no error
+    (["--hidden-units"], False),  # no hidden layer
+    (["--posterior", "paper"], False),  # the paper's method unchanged
+    (["--embedding-dim", "32", "--hidden-units", "32", "32"], True),
+])
+def test_the_residual_head_is_on_where_it_applies_unless_turned_off(args, residual):
+    config, *_ = fit.parse_config(args)
+    assert config.residual_head is residual
+
+
+def test_a_run_from_before_the_residual_head_loads_with_the_plain_head(tmp_path):
+    from tfp_abml.run_config import RunConfig
+
+    old = {k: v for k, v in RunConfig().to_dict().items() if k != "residual_head"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert RunConfig().residual_head is True and RunConfig.load(tmp_path / "config.json").residual_head is False
+
+
 def test_a_run_from_before_posterior_options_loads_as_the_paper_method(tmp_path):
     from tfp_abml.run_config import RunConfig
     old = RunConfig(posterior="paper").to_dict()
