@@ -94,4 +94,4 @@ def test_the_link_checker_sees_links():
     """A checker that found no links would pass anything."""
     links = _relative_links(README)
     assert "docs/training.md" in links
-    assert "benchmarks/results/protocol_omniglot_1shot-step80_time.png" in links
+    assert "benchmarks/results/protocol_omniglot_1shot-residual80_time.png" in links
