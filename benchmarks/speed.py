@@ -38,7 +38,7 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5)}
 ENCODER_SIZES = {"conv4-28": ("conv4", 28), "efficientnet_b0-32": ("efficientnet_b0", 32),
                  "efficientnet_b0-84": ("efficientnet_b0", 84)}
-TARGETS = {"flipout_ratio_max": 1.5, "abml_over_maml_max": 1.3, "conv4_5w1s_abml_min_eps": 20.0,
+TARGETS = {"flipout_ratio_max": 2.0, "abml_over_maml_max": 1.3, "conv4_5w1s_abml_min_eps": 20.0,
            "ours_over_higher_min": 1.0, "serving_p50_max_ms": 50.0,
            # Issue 23: 50 posterior draws served for at most 1.5x the latency of one, under 50 ms.
            "serving_50_over_1_draws_max": 1.5, "serving_50_draws_p50_max_ms": 50.0}

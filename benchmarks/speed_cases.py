@@ -60,13 +60,13 @@ def flipout_case(shape, iterations, repeats):
 
     ``forward_parts_us``: each part of the Flipout forward pass alone, timed in the same loop and
     interleaved with the rest, minus the loop's own cost (``loop_us``, a body that computes nothing):
-    the kernel noise (a Gaussian draw of the kernel's shape, as the layer draws it), the two sign
-    draws, the scales of kernel and bias from their rhos, and one batched product.
+    the noise (one Gaussian draw for kernel and bias, as the layer draws it), the sign draw
+    (one call for input and output signs), the scales of kernel and bias from their rhos, and one batched product.
     """
     import keras
     import tensorflow as tf
 
-    from tfp_abml.flipout import DenseParams, flipout_dense, rademacher, rho_from_scale, scale_from_rho
+    from tfp_abml.flipout import DenseParams, flipout_dense, random_signs, rho_from_scale, scale_from_rho
 
     tasks, examples, fan_in, fan_out = shape
     x = tf.random.normal((tasks, examples, fan_in))
@@ -89,9 +89,8 @@ def flipout_case(shape, iterations, repeats):
     corner = lambda inputs: inputs[:1, :1, :1]
     parts = {
         "loop": lambda inputs, params: inputs,
-        "kernel noise": lambda inputs, params: keras.random.normal(tf.shape(params[0]), seed=seed),
-        "sign draws": lambda inputs, params: (rademacher(tf.shape(inputs), seed=seed)[:1, :1, :1]
-                                              + rademacher((tasks, examples, fan_out), seed=seed)[:1, :1, :1]),
+        "kernel noise": lambda inputs, params: keras.random.normal((tasks, fan_in + 1, fan_out), seed=seed),
+        "sign draws": lambda inputs, params: random_signs(tasks * examples * (fan_in + fan_out), seed=seed)[:1],
         "scales": lambda inputs, params: (scale_from_rho(params[1] + corner(inputs))[:1, :1, :1]
                                           + scale_from_rho(params[3] + corner(inputs)[0])[:1, None, :1]),
         "product": lambda inputs, params: tf.einsum("tmi,tio->tmo", inputs, params[0]),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_abml.flipout import (DenseParams, dense_sampled_weights, flipout_dense, kl_to_standard_normal,
-                              rho_from_scale, scale_from_rho)
+from tfp_abml.flipout import (SIGN_BITS, DenseParams, dense_sampled_weights, flipout_dense, kl_to_standard_normal,
+                              rademacher, random_signs, rho_from_scale, scale_from_rho)
 
 pytestmark = pytest.mark.numerics  # compares computations: also run under other kernels (.ci/run)
 
@@ -52,6 +52,20 @@ def test_sign_flips_decorrelate_examples_of_a_batch():
     shared = _independent_draws(dense_sampled_weights, x, params, 4000)[..., 0]
     assert np.corrcoef(shared.T)[0, 1] > 0.99  # one draw shared by the batch
     assert abs(np.corrcoef(flip.T)[0, 1]) < 0.1  # Flipout: pseudo-independent
+
+
+def test_signs_from_packed_bits_are_fair_and_independent_in_every_bit_lane():
+    import keras
+
+    count = 16 * 40000 + 5  # not a whole number of words: the tail is cut, not padded with -1
+    signs = random_signs(count, seed=keras.random.SeedGenerator(3)).numpy()
+    assert signs.shape == (count,) and set(np.unique(signs)) == {-1.0, 1.0}
+    lanes = signs[:count - 5].reshape(-1, SIGN_BITS)  # sign b of every word: each lane a fair coin
+    np.testing.assert_array_less(np.abs(lanes.mean(0)), 5 / np.sqrt(lanes.shape[0]))
+    # Neighbouring lanes (bits of one word) and words uncorrelated.
+    assert np.abs(np.corrcoef(lanes.T)[~np.eye(SIGN_BITS, dtype=bool)]).max() < 5 / np.sqrt(lanes.shape[0])
+    assert abs(np.corrcoef(lanes[:-1, 0], lanes[1:, 0])[0, 1]) < 5 / np.sqrt(lanes.shape[0])
+    assert rademacher((2, 3, 5), seed=0).shape == (2, 3, 5)
 
 
 def test_gradients_reach_loc_and_scale():

@@ -81,9 +81,27 @@ class DenseParams:
         return cls(*tensors)
 
 
+SIGN_BITS = 16  # signs per uniform word: randint(0, 2**16) is 16 independent fair bits
+
+
+def random_signs(count, seed=None, dtype=tf.float32):
+    """``count`` independent random signs, +1 or -1 with equal probability, as a flat vector.
+
+    One draw of ``ceil(count / 16)`` uniform 16-bit words, each unpacked into 16 signs: on a CPU the
+    cost of random ops on small tensors is per element drawn, so this is far cheaper than one draw
+    per sign.
+    """
+    count = tf.cast(count, tf.int32)
+    words = keras.random.randint(tf.reshape((count + SIGN_BITS - 1) // SIGN_BITS, [1]), 0, 1 << SIGN_BITS,
+                                 seed=seed, dtype="int32")
+    bits = tf.bitwise.bitwise_and(words[:, None], tf.constant([1 << b for b in range(SIGN_BITS)], tf.int32))
+    return tf.reshape(tf.where(bits > 0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype)), [-1])[:count]
+
+
 def rademacher(shape, seed=None, dtype=tf.float32):
-    """Random signs, +1 or -1 with equal probability."""
-    return tf.cast(2 * keras.random.randint(shape, 0, 2, seed=seed) - 1, dtype)
+    """Random signs of ``shape``, +1 or -1 with equal probability (:func:`random_signs`)."""
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    return tf.reshape(random_signs(tf.reduce_prod(shape), seed, dtype), shape)
 
 
 def flipout_dense(inputs, params: DenseParams, seed=None, mean_only=False):
@@ -101,10 +119,15 @@ def flipout_dense(inputs, params: DenseParams, seed=None, mean_only=False):
     mean = tf.einsum("tmi,tio->tmo", inputs, params.kernel_loc) + params.bias_loc[:, None, :]
     if mean_only:
         return mean
-    kernel_noise = scale_from_rho(params.kernel_rho) * keras.random.normal(tf.shape(params.kernel_loc), seed=seed)
-    bias = scale_from_rho(params.bias_rho) * keras.random.normal(tf.shape(params.bias_loc), seed=seed)
-    in_signs = rademacher(tf.shape(inputs), seed=seed)
-    out_signs = rademacher(tf.shape(mean), seed=seed)
+    # All of the layer's noise from two random calls: one Gaussian draw for kernel and bias (the bias
+    # as one more kernel row), one for the input and output signs of every example.
+    kernel_shape = tf.shape(params.kernel_loc)  # [T, in, out]
+    noise = keras.random.normal(kernel_shape + tf.constant([0, 1, 0]), seed=seed)
+    kernel_noise = scale_from_rho(params.kernel_rho) * noise[:, :-1]
+    bias = scale_from_rho(params.bias_rho) * noise[:, -1]
+    sign_shape = tf.shape(mean) + tf.stack([0, 0, kernel_shape[1]])  # [T, M, in + out]
+    in_signs, out_signs = tf.split(tf.reshape(random_signs(tf.reduce_prod(sign_shape), seed=seed), sign_shape),
+                                   [kernel_shape[1], kernel_shape[2]], axis=-1)
     perturbation = tf.einsum("tmi,tio->tmo", inputs * in_signs, kernel_noise) * out_signs
     return mean + perturbation + bias[:, None, :]
 
