@@ -24,7 +24,6 @@ against ``kl_scale``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -37,17 +36,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
 
+from protocol import evaluate  # noqa: E402  (benchmarks/ is this script's folder: on sys.path)
+
 
 def fit_command(run, kl_scale, output, data_dir, epochs, learning_rate):
     return [sys.executable, "-m", "training.fit", "--config", str(pathlib.Path(run) / "config.json"),
             "--init-weights", str(run), "--kl-scale", f"{kl_scale:g}", "--lr-schedule", "constant",
             "--learning-rate", f"{learning_rate:g}", "--epochs", str(epochs),
             "--data-dir", str(data_dir), "--output", str(output), "--verbose", "2"]
-
-
-def evaluate_command(run, ways, tasks, data_dir):
-    return [sys.executable, "-m", "training.evaluate", "--run", str(run), "--ways", str(ways), "--shots", "1",
-            "--queries", "15", "--tasks", str(tasks), "--seed", "0", "--data-dir", str(data_dir), "--verbose", "0"]
 
 
 def fine_tune_all(run, kl_scales, runs_dir, data_dir, epochs, learning_rate, parallel):
@@ -59,10 +55,12 @@ def fine_tune_all(run, kl_scales, runs_dir, data_dir, epochs, learning_rate, par
         for kl_scale in batch:
             log = open(runs_dir / f"kl-{kl_scale:g}.log", "a")
             command = fit_command(run, kl_scale, run_folder(runs_dir, kl_scale), data_dir, epochs, learning_rate)
-            children.append((kl_scale, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
+            children.append((kl_scale, log, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
             print(f"kl_scale {kl_scale:g}: fine-tuning for {epochs} epochs, log in {log.name}", flush=True)
-        for kl_scale, child in children:
-            if child.wait() != 0:
+        for kl_scale, log, child in children:
+            code = child.wait()
+            log.close()
+            if code != 0:
                 raise SystemExit(f"error: the fine-tune at kl_scale {kl_scale:g} failed; see its log")
 
 
@@ -71,18 +69,19 @@ def run_folder(runs_dir, kl_scale):
 
 
 def posterior_scales(run, tasks=20):
-    """Mean posterior scale of each layer's kernel and bias after the inner loop, over validation tasks (5-way 1-shot)."""
+    """Mean posterior scale of each layer's kernel and bias after the inner loop, over 5-way 1-shot
+    validation tasks."""
     import tensorflow as tf
 
     from tfp_abml.data import episode_dataset
     from tfp_abml.flipout import scale_from_rho
     from tfp_abml.runs import load_run
+    from tfp_abml.tuning import VALIDATION_SEED_OFFSET
 
     config, model = load_run(run, ways=5, shots=1, queries=5)
-    inputs, _ = next(iter(episode_dataset(config.sampler("val", seed=config.seed + 1_000_003), tasks, episodes=tasks)))
-    embeddings = model.embed(tf.concat([inputs["support_images"], inputs["query_images"]], axis=1))
-    support = embeddings[:, :tf.shape(inputs["support_images"])[1]]
-    params = model.adapted_posterior(support, tf.cast(inputs["support_labels"], tf.int32), model.eval_inner_steps)
+    validation = config.sampler("val", seed=config.seed + VALIDATION_SEED_OFFSET)
+    inputs, _ = next(iter(episode_dataset(validation, tasks, episodes=tasks)))
+    params, _ = model._adapt_and_embed_queries(inputs, training=False)  # as evaluation adapts
     return [{"kernel": float(tf.reduce_mean(scale_from_rho(layer.kernel_rho))),
              "bias": float(tf.reduce_mean(scale_from_rho(layer.bias_rho)))} for layer in params]
 
@@ -164,10 +163,8 @@ def main(argv=None):
                "val_nll": history["val_nll"][epoch], "val_accuracy": history["val_accuracy"][epoch],
                "val_kl": history.get("val_kl", [None])[epoch], "test": {}}
         for ways in args.eval_ways:
-            command = evaluate_command(run, ways, args.tasks, args.data_dir)
-            subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-            row["test"][f"{ways}-way"] = {"command": " ".join(["python", *command[1:]]),
-                                          **summary(json.loads((run / "eval_test.json").read_text()))}
+            result = evaluate("abml", run, ways, args.tasks, args.data_dir)  # protocol.py's evaluation
+            row["test"][f"{ways}-way"] = {"command": result["command"], **summary(result)}
         row["posterior_scales"] = posterior_scales(run)
         rows.append(row)
         s = row["test"][f"{args.eval_ways[0]}-way"]

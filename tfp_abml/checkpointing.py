@@ -199,11 +199,12 @@ def load_initial_weights(model, path):
     it); a run that starts from another run's weights keeps its own, so that its ``--learning-rate``
     and schedule apply. Raises ``UserInputError`` when the file's weights do not fit ``model``.
     """
-    from tfp_abml.errors import UserInputError
-
     import warnings
 
-    fresh_optimizer = [variable.numpy() for variable in model.optimizer.variables] if model.optimizer else []
+    from tfp_abml.errors import UserInputError
+
+    optimizer_variables = list(model.optimizer.variables) if model.optimizer else []
+    fresh_optimizer = [variable.numpy() for variable in optimizer_variables]
     try:
         with warnings.catch_warnings():  # Keras's note that it skips an optimizer of another layout: so do we
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -211,7 +212,7 @@ def load_initial_weights(model, path):
     except ValueError as err:
         raise UserInputError(f"--init-weights {path} does not fit this model (another method, encoder or head?): "
                              f"{_first_line(err)}") from err
-    for variable, value in zip(model.optimizer.variables if model.optimizer else [], fresh_optimizer):
+    for variable, value in zip(optimizer_variables, fresh_optimizer):
         variable.assign(value)
 
 

@@ -137,9 +137,8 @@ class RunConfig:
         if self.learn_inner_lr is None:
             self.learn_inner_lr = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["learn_inner_lr"]
         if self.residual_head is None:
-            widths = [u for u in self.hidden_units if isinstance(u, int)]
-            self.residual_head = (self.method == "abml" and self.posterior == "aligned" and len(widths) > 0
-                                  and all(u == self.embedding_dim for u in widths))
+            self.residual_head = (self.method == "abml" and self.posterior == "aligned" and len(self.hidden_units) > 0
+                                  and all(u == self.embedding_dim for u in self.hidden_units))
 
     # -- validation (no TensorFlow) -----------------------------------------------------------
 
