@@ -27,6 +27,7 @@ import argparse
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -39,14 +40,14 @@ RESULTS = REPO / "benchmarks" / "results"
 from protocol import evaluate  # noqa: E402  (benchmarks/ is this script's folder: on sys.path)
 
 
-def fit_command(run, kl_scale, output, data_dir, epochs, learning_rate):
+def fit_command(run, kl_scale, output, data_dir, epochs, learning_rate, fit_flags=""):
     return [sys.executable, "-m", "training.fit", "--config", str(pathlib.Path(run) / "config.json"),
             "--init-weights", str(run), "--kl-scale", f"{kl_scale:g}", "--lr-schedule", "constant",
-            "--learning-rate", f"{learning_rate:g}", "--epochs", str(epochs),
+            "--learning-rate", f"{learning_rate:g}", "--epochs", str(epochs), *shlex.split(fit_flags),
             "--data-dir", str(data_dir), "--output", str(output), "--verbose", "2"]
 
 
-def fine_tune_all(run, kl_scales, runs_dir, data_dir, epochs, learning_rate, parallel):
+def fine_tune_all(run, kl_scales, runs_dir, data_dir, epochs, learning_rate, parallel, fit_flags=""):
     """Fine-tune at every ``kl_scale``, ``parallel`` at a time; a finished fine-tune is not redone."""
     pending = [k for k in kl_scales if not (run_folder(runs_dir, k) / "model.weights.h5").is_file()]
     while pending:
@@ -54,7 +55,8 @@ def fine_tune_all(run, kl_scales, runs_dir, data_dir, epochs, learning_rate, par
         children = []
         for kl_scale in batch:
             log = open(runs_dir / f"kl-{kl_scale:g}.log", "a")
-            command = fit_command(run, kl_scale, run_folder(runs_dir, kl_scale), data_dir, epochs, learning_rate)
+            command = fit_command(run, kl_scale, run_folder(runs_dir, kl_scale), data_dir, epochs, learning_rate,
+                                  fit_flags)
             children.append((kl_scale, log, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
             print(f"kl_scale {kl_scale:g}: fine-tuning for {epochs} epochs, log in {log.name}", flush=True)
         for kl_scale, log, child in children:
@@ -76,12 +78,11 @@ def posterior_scales(run, tasks=20):
     from tfp_abml.data import episode_dataset
     from tfp_abml.flipout import scale_from_rho
     from tfp_abml.runs import load_run
-    from tfp_abml.tuning import VALIDATION_SEED_OFFSET
 
     config, model = load_run(run, ways=5, shots=1, queries=5)
-    validation = config.sampler("val", seed=config.seed + VALIDATION_SEED_OFFSET)
+    validation = config.validation_sampler()
     inputs, _ = next(iter(episode_dataset(validation, tasks, episodes=tasks)))
-    params, _ = model._adapt_and_embed_queries(inputs, training=False)  # as evaluation adapts
+    params, _ = model.adapt_and_embed_queries(inputs, training=False)  # as evaluation adapts
     return [{"kernel": float(tf.reduce_mean(scale_from_rho(layer.kernel_rho))),
              "bias": float(tf.reduce_mean(scale_from_rho(layer.bias_rho)))} for layer in params]
 
@@ -137,6 +138,8 @@ def main(argv=None):
     p.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time")
     p.add_argument("--tasks", type=int, default=600)
     p.add_argument("--eval-ways", type=int, nargs="+", default=[5])
+    p.add_argument("--fit-flags", default="", metavar="FLAGS",
+                   help='more training.fit flags for every fine-tune, e.g. "--train-samples 8"')
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     from tfp_abml.checkpointing import read_json, write_json_atomic
@@ -150,7 +153,7 @@ def main(argv=None):
     kl_scales = sorted(set(args.kl_scales))
     base = pathlib.Path(args.run).resolve()
     fine_tune_all(base, kl_scales, runs_dir, args.data_dir, args.epochs,
-                  args.learning_rate, args.parallel)
+                  args.learning_rate, args.parallel, args.fit_flags)
 
     rows = []
     for kl_scale in kl_scales:
@@ -158,8 +161,8 @@ def main(argv=None):
         history, best = read_json(run / "history.json", {}), read_json(run / "best.json", {})
         epoch = history["epoch"].index(best["epoch"]) if best.get("epoch") in history.get("epoch", []) else -1
         row = {"kl_scale": kl_scale, "epochs": len(history.get("epoch", [])),
-               "fit_command": " ".join(["python", *fit_command(base, kl_scale, run, args.data_dir, args.epochs,
-                                                              args.learning_rate)[1:]]),
+               "fit_command": shlex.join(["python", *fit_command(base, kl_scale, run, args.data_dir, args.epochs,
+                                                                args.learning_rate, args.fit_flags)[1:]]),
                "val_nll": history["val_nll"][epoch], "val_accuracy": history["val_accuracy"][epoch],
                "val_kl": history.get("val_kl", [None])[epoch], "test": {}}
         for ways in args.eval_ways:

@@ -150,7 +150,7 @@ def evaluate(method, run, ways, tasks, data_dir, shots=1):
                "--queries", "15", "--tasks", str(tasks), "--seed", "0", "--data-dir", str(data_dir), "--verbose", "0"]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     result = json.loads((run / "eval_test.json").read_text())
-    return {"command": " ".join(["python", *command[1:]]), **result}
+    return {**result, "command": shlex.join(["python", *command[1:]])}
 
 
 def plot(curves, path, shots=1):

@@ -28,7 +28,8 @@ def test_call_returns_query_probabilities(train_sampler):
 
 @pytest.mark.parametrize("first_order, variant", [
     (False, {}), (True, {}), (False, {"posterior": "aligned", "learn_inner_lr": True}),
-    (False, {"posterior": "aligned", "task_encoding": "pool"})])
+    (False, {"posterior": "aligned", "task_encoding": "pool"}),
+    (False, {"posterior": "aligned", "residual_head": True, "train_samples": 3})])
 def test_outer_gradient_reaches_encoder_posterior_and_scale(train_sampler, first_order, variant):
     inputs, labels = next(iter(episode_dataset(train_sampler, 2)))
     model = _model(kl_scale=1e-3, first_order=first_order, inner_steps=2, **variant)
@@ -41,6 +42,25 @@ def test_outer_gradient_reaches_encoder_posterior_and_scale(train_sampler, first
     assert not empty, empty
     assert any("lstm_cell" in v.path for v in model.trainable_variables)
     assert any("conv2d" in v.path for v in model.trainable_variables)
+
+
+def test_train_samples_loss_is_the_nll_of_the_posterior_predictive(train_sampler, monkeypatch):
+    """With S draws the training query loss is -log mean_s p_s(y), not the mean of -log p_s(y)."""
+    inputs, labels = next(iter(episode_dataset(train_sampler, 2)))
+    model = _model(train_samples=4, posterior="aligned")
+    model(inputs)
+    logits = np.random.default_rng(0).normal(scale=3.0, size=(4, 2, 25, 5))
+    monkeypatch.setattr(model, "draw_logits", lambda params, queries, samples: tf.constant(logits, tf.float32))
+    out = model.episode(inputs, labels, training=True)
+    draws = np.exp(logits - logits.max(-1, keepdims=True))
+    draws /= draws.sum(-1, keepdims=True)  # [S, T, M, N]
+    picked = np.take_along_axis(draws, labels.numpy()[None, ..., None].astype(int), -1)[..., 0]  # [S, T, M]
+    expected = -np.log(picked.mean(0)).mean()
+    np.testing.assert_allclose(float(out["nll"]), expected, rtol=1e-5)
+    assert expected < -np.log(picked).mean() - 0.1  # the per-draw mean is another (larger) number
+    np.testing.assert_allclose(out["probabilities"].numpy(), draws.mean(0), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="train_samples must be >= 1"):
+        _model(train_samples=0)
 
 
 def test_second_order_gradient_differs_from_first_order(train_sampler):

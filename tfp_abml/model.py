@@ -15,6 +15,13 @@ For each task of a meta-batch (all tasks run batched, no Python loop over them):
    back through the inner loop (second order unless ``first_order``) into the
    posterior LSTM, the task encoding and the encoder.
 
+   With ``train_samples = S > 1`` the query term is the NLL of the S-draw posterior
+   predictive instead, ``-log (1/S) sum_s p(y | x, W_s)`` (Masegosa, 2020, "Learning under
+   Model Misspecification: Applications to Variational and Ensemble Methods"; Morningstar et
+   al., 2022, "PAC^m-Bayes"): one draw's expected log-likelihood rewards a posterior that
+   sits on its mean, while the predictive's rewards draws that disagree where the query is
+   ambiguous -- the objective of the prediction the model actually serves.
+
 At evaluation (``test_step``, ``call``) the query prediction is the posterior
 predictive ``mean_s softmax(f(x; W_s))`` over ``eval_samples`` Flipout draws
 from the adapted posterior.
@@ -80,6 +87,8 @@ class AmortizedBNN(EpisodicModel):
       kl_scale: weight of ``KL(q || N(0, I))`` in the outer loss.
       first_order: drop second-order terms of the inner loop.
       eval_samples: Flipout draws averaged for evaluation and prediction.
+      train_samples: Flipout draws of the training query loss: 1, the expected log-likelihood of
+        one draw (the paper), or S > 1, the NLL of the S-draw posterior predictive (see above).
       initial_scale: posterior scale of every weight at initialisation.
       initial_embedding_scale: initial norm of the embeddings fed to the task encoding and BNN.
       transductive_batch_norm: normalise with the statistics of the episodes at hand in
@@ -99,7 +108,7 @@ class AmortizedBNN(EpisodicModel):
     extra_metrics = ("kl",)
 
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
-                 kl_scale=1e-6, first_order=False, eval_samples=10, initial_scale=0.01, initial_embedding_scale=4.0,
+                 kl_scale=1e-6, first_order=False, eval_samples=10, train_samples=1, initial_scale=0.01, initial_embedding_scale=4.0,
                  transductive_batch_norm=True, task_encoder=None, task_encoding="concat", posterior="paper",
                  learn_inner_lr=False, seed=None, eval_inner_steps=None, residual_head=False, **kwargs):
         super().__init__(ways, **kwargs)
@@ -111,6 +120,9 @@ class AmortizedBNN(EpisodicModel):
         self.eval_inner_steps = int(inner_steps if eval_inner_steps is None else eval_inner_steps)
         self.kl_scale, self.first_order = float(kl_scale), bool(first_order)
         self.eval_samples = int(eval_samples)
+        self.train_samples = int(train_samples)
+        if self.train_samples < 1:
+            raise ValueError(f"train_samples must be >= 1, got {train_samples}")
         self.transductive_batch_norm = bool(transductive_batch_norm)
         embedding_dim = int(encoder.output_shape[-1])
         if task_encoder is None and task_encoding == "pool":
@@ -199,21 +211,27 @@ class AmortizedBNN(EpisodicModel):
         the task axis (``[S * T, ...]``), so every draw gets its own noise from one random call per
         layer and the graph holds one copy of the head whatever ``S`` is.
         """
+        return tf.nn.softmax(self.draw_logits(params, query_embeddings, samples))
+
+    def draw_logits(self, params, query_embeddings, samples):
+        """Query logits ``[S, T, M, N]`` under ``samples`` Flipout draws (see :meth:`draws`)."""
         samples = max(int(samples), 1)
         tile = lambda x: tf.tile(x, [samples] + [1] * (x.shape.rank - 1))
         tiled = [DenseParams.from_tensors([tile(t) for t in layer.tensors()]) for layer in params]
         logits = self.head(tile(query_embeddings), tiled, seed=self.flipout_seed)  # [S * T, M, N]
         shape = tf.shape(logits)
-        return tf.nn.softmax(tf.reshape(logits, tf.concat([[samples, shape[0] // samples], shape[1:]], 0)))
+        return tf.reshape(logits, tf.concat([[samples, shape[0] // samples], shape[1:]], 0))
 
     def predictive_draws(self, inputs, samples=None):
         """Query probabilities ``[S, T, M, N]``, one per posterior draw, after adapting to the support
         set: their mean is the posterior predictive; how they disagree is the epistemic uncertainty
         (mutual information, :func:`tfp_abml.metrics.mutual_information`)."""
-        params, query_embeddings = self._adapt_and_embed_queries(inputs, training=False)
+        params, query_embeddings = self.adapt_and_embed_queries(inputs, training=False)
         return self.draws(params, query_embeddings, samples or self.eval_samples)
 
-    def _adapt_and_embed_queries(self, inputs, training):
+    def adapt_and_embed_queries(self, inputs, training=False):
+        """The adapted posterior (list of DenseParams, one per layer) and the query embeddings
+        ``[T, M, D]`` of a batch of tasks: inner steps as in training or as in evaluation."""
         # One encoder call for support and query: one set of batch-norm statistics.
         embeddings = self.embed(tf.concat([inputs["support_images"], inputs["query_images"]], axis=1), training)
         support_embeddings, query_embeddings = split_support_query(embeddings, inputs)
@@ -222,14 +240,19 @@ class AmortizedBNN(EpisodicModel):
         return params, query_embeddings
 
     def episode(self, inputs, query_labels, training):
-        params, query_embeddings = self._adapt_and_embed_queries(inputs, training)
+        params, query_embeddings = self.adapt_and_embed_queries(inputs, training)
         kl = tf.reduce_mean(self.head.kl(params))
         query_labels = tf.cast(query_labels, tf.int32)
-        if training:  # one Flipout draw: an unbiased estimate of the expected log-likelihood
+        if training and self.train_samples == 1:  # one draw: unbiased for the expected log-likelihood
             logits = self.head(query_embeddings, params, seed=self.flipout_seed)
             nll = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=query_labels, logits=logits))
             probabilities = tf.nn.softmax(logits)
+        elif training:  # NLL of the S-draw predictive, in log space: log mean_s p_s(y)
+            log_draws = tf.nn.log_softmax(self.draw_logits(params, query_embeddings, self.train_samples))
+            true_class = tf.reduce_sum(log_draws * tf.one_hot(query_labels, tf.shape(log_draws)[-1]), -1)  # [S, T, M]
+            nll = -tf.reduce_mean(tf.reduce_logsumexp(true_class, axis=0)) + math.log(self.train_samples)
+            probabilities = tf.reduce_mean(tf.exp(log_draws), axis=0)
         else:
             probabilities = self.predictive(params, query_embeddings, self.eval_samples)
             nll = mean_nll(probabilities, query_labels)
@@ -237,7 +260,7 @@ class AmortizedBNN(EpisodicModel):
 
     def predict_episode(self, inputs, training=False):
         """Posterior-predictive query probabilities ``[T, M, N]`` after adapting to the support set."""
-        params, query_embeddings = self._adapt_and_embed_queries(inputs, training)
+        params, query_embeddings = self.adapt_and_embed_queries(inputs, training)
         return self.predictive(params, query_embeddings, self.eval_samples)
 
     served_prediction = "posterior_predictive"
@@ -259,7 +282,7 @@ class AmortizedBNN(EpisodicModel):
     def evaluation_predictions(self, inputs, samples=None, with_draws=False):
         """Posterior predictive over ``samples`` draws, and the prediction of the posterior means,
         from one adapted posterior (with ``with_draws``, also the draws of the predictive)."""
-        params, query_embeddings = self._adapt_and_embed_queries(inputs, training=False)
+        params, query_embeddings = self.adapt_and_embed_queries(inputs, training=False)
         mean_logits = self.head(query_embeddings, params, mean_only=True)
         draws = self.draws(params, query_embeddings, samples or self.eval_samples)
         predictions = {"posterior_predictive": tf.reduce_mean(draws, axis=0), "mean_weights": tf.nn.softmax(mean_logits)}

@@ -48,6 +48,8 @@ def method_defaults(method, train_ways):
 
 # Settings that may change when a run is resumed: how long to train, where the data lives, and
 # MAML's task loop (it changes how the graph is built, not what it computes; tests/baselines).
+# Validation tasks are drawn from seed + this offset (RunConfig.validation_sampler).
+VALIDATION_SEED_OFFSET = 1_000_003
 RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop", "eval_inner_steps")
 
 
@@ -98,6 +100,9 @@ class RunConfig:
     task_loop: str = "auto"  # maml/metasgd: "unrolled", "map_fn", "sequential", or auto (resolved_task_loop)
     initial_scale: float = 0.01
     eval_samples: int = 10
+    # abml: posterior draws of the training query loss; > 1 trains on the NLL of the S-draw
+    # predictive (tfp_abml.model), 1 on one draw's log-likelihood as the paper
+    train_samples: int = 1
     meta_batch: int | None = None  # None: method_defaults (4; maml/metasgd 32 at 5-way, 16 at 20-way)
     learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE[method]
     lr_schedule: str = "constant"  # LR_SCHEDULES, over optimizer steps (checkpointed, so a resume continues it)
@@ -178,7 +183,7 @@ class RunConfig:
             raise UserInputError(f"--train-ways {self.train_ways} differs from --ways {self.ways}, but "
                                  f"{self.ways_agnostic_reason()}: train and evaluate {self.method} at one --ways")
         positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
-                    "eval_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1, "val_tasks": 0,
+                    "eval_samples": 1, "train_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1, "val_tasks": 0,
                     "lr_decay_episodes": 1}
         if self.eval_inner_steps is not None:
             positive["eval_inner_steps"] = 0
@@ -193,6 +198,9 @@ class RunConfig:
             raise UserInputError(f"--kl-scale must be >= 0, got {self.kl_scale}")
         if any(int(u) < 1 for u in self.hidden_units):
             raise UserInputError(f"--hidden-units must be positive integers, got {list(self.hidden_units)}")
+        if self.train_samples != 1 and self.method != "abml":
+            raise UserInputError(f"--train-samples draws from abml's weight posterior; {self.method} has none: "
+                                 "leave it out")
         if self.residual_head and self.method != "abml":
             raise UserInputError(f"--residual-head applies only to --method abml, not {self.method}: leave it out")
         if self.residual_head and any(int(u) != self.embedding_dim for u in self.hidden_units):
@@ -395,6 +403,7 @@ class RunConfig:
                             inner_steps=self.inner_steps, eval_inner_steps=self.resolved_eval_inner_steps,
                             inner_lr=self.inner_lr, kl_scale=self.kl_scale,
                             first_order=self.first_order, eval_samples=self.eval_samples,
+                            train_samples=self.train_samples,
                             initial_scale=self.initial_scale, posterior=self.posterior,
                             learn_inner_lr=self.learn_inner_lr, task_encoding=self.task_encoding, seed=self.seed,
                             residual_head=self.residual_head)
@@ -407,6 +416,11 @@ class RunConfig:
         return {"support_images": tf.zeros((1, self.ways * self.shots, size, size, self.channels)),
                 "support_labels": tf.repeat(tf.range(self.ways, dtype=tf.int32), self.shots)[None],
                 "query_images": tf.zeros((1, self.ways * self.queries, size, size, self.channels))}
+
+    def validation_sampler(self):
+        """The validation tasks of training: seeded apart from the training tasks, the same for every
+        epoch, every tuning trial and every fine-tune of one seed."""
+        return self.sampler("val", seed=self.seed + VALIDATION_SEED_OFFSET)
 
     def sampler(self, split, seed=None):
         from tfp_abml.data import make_sampler

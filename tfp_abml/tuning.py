@@ -30,8 +30,6 @@ from tfp_abml.run_config import RunConfig
 # --objective -> the Keras metric logged for the validation tasks, and which way is better.
 OBJECTIVES = {"accuracy": ("val_accuracy", "max"), "nll": ("val_nll", "min")}
 TUNERS = ("random", "bayesian")
-# training.fit draws validation tasks from seed + this offset; trials score on the same tasks.
-VALIDATION_SEED_OFFSET = 1_000_003
 
 
 @dataclasses.dataclass
@@ -132,8 +130,7 @@ class FewShotHyperModel(keras_tuner.HyperModel):
         from tfp_abml.data import episode_dataset
 
         if self._samplers is None:
-            self._samplers = (config.sampler("train"),
-                              config.sampler("val", seed=config.seed + VALIDATION_SEED_OFFSET))
+            self._samplers = (config.sampler("train"), config.validation_sampler())
         train, val = self._samplers
         val_episodes = max(config.val_tasks // config.meta_batch, 1) * config.meta_batch
         return (episode_dataset(train, config.meta_batch),

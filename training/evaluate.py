@@ -16,6 +16,7 @@ and ``DIR/reliability_<split>[...].png``.
 from __future__ import annotations
 
 import pathlib
+import shlex
 import sys
 
 from tfp_abml.choices import CORRUPTIONS
@@ -83,7 +84,7 @@ def run(args):
     result.pop("labels")
     result.pop("mutual_information")
     suffix = f"{args.split}_{args.corruption}{args.severity}" if args.corruption else args.split
-    result.update(method=config.method, split=args.split, seed=args.seed, ece_bins=ECE_BINS,
+    result.update(command=getattr(args, "command", None), method=config.method, split=args.split, seed=args.seed, ece_bins=ECE_BINS,
                   corruption=args.corruption, severity=args.severity if args.corruption else None,
                   temperatures=getattr(model, "temperatures", {}),
                   ways=config.ways, shots=config.shots, queries=config.queries, weights=model.loaded_weights,
@@ -140,7 +141,13 @@ def format_table(result):
 
 
 def main(argv=None):
-    return run_command(lambda args: run(build_parser().parse_args(args)), argv)
+    def body(args):
+        args = sys.argv[1:] if args is None else list(args)
+        parsed = build_parser().parse_args(args)
+        parsed.command = shlex.join(["python", "-m", "training.evaluate", *args])
+        run(parsed)
+
+    return run_command(body, argv)
 
 
 if __name__ == "__main__":

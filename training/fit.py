@@ -107,6 +107,9 @@ def build_parser():
                        help="weight of KL(q || N(0,1)), summed over BNN weights, in the outer loss")
     model.add_argument("--eval-samples", type=int, default=_DEFAULTS.eval_samples,
                        help="posterior samples averaged at validation")
+    model.add_argument("--train-samples", type=int, default=_DEFAULTS.train_samples,
+                       help="abml: posterior draws of the training query loss; 1: one draw's log-likelihood (the "
+                            "paper), S > 1: the NLL of the S-draw posterior predictive (docs/method.md)")
     train = p.add_argument_group("training")
     train.add_argument("--meta-batch", type=int, default=None,
                        help="tasks per outer update; default 4, maml/metasgd 32 (5-way) or 16 (20-way, their papers)")
@@ -384,7 +387,7 @@ def _train(config, output, verbose, max_minutes, strategy):
 
     saved_config, config = config, config.for_training()  # the training task shape (--train-ways ...)
     train_sampler = config.sampler("train")
-    val_sampler = config.sampler("val", seed=config.seed + 1_000_003) if config.val_tasks else None
+    val_sampler = config.validation_sampler() if config.val_tasks else None
 
     # Seeded after loading the data, right before the model draws its initial weights: loading
     # consumes Python random numbers only when the images are not cached yet, and the unseeded

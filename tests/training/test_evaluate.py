@@ -34,6 +34,8 @@ def test_evaluate_writes_scores_with_intervals_and_a_diagram(method, tmp_path, d
         base = name.replace("_temperature_scaled", "")
         assert scores["accuracy"] == result["predictions"][base]["accuracy"]
     assert result["tasks"] == 24 and result["ece_bins"] == 15
+    assert result["command"] == (f"python -m training.evaluate --run {run} --tasks 24 --samples 4 --verbose 0 "
+                                 "--calibrate --calibration-tasks 8")
     assert "accuracy" in capsys.readouterr().out
     # The same tasks under a corruption: their own file, other scores.
     assert evaluate.main(["--run", str(run), "--tasks", "8", "--samples", "2", "--verbose", "0", "--no-ood",

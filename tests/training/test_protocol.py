@@ -144,6 +144,8 @@ def test_a_ways_agnostic_run_evaluates_and_exports_at_other_ways(agnostic_run, t
     (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice"),
     (["--residual-head", "--hidden-units", "32"], "every --hidden-units must equal --embedding-dim 64, got [32]"),
     (["--method", "protonet", "--residual-head"], "--residual-head applies only to --method abml"),
+    (["--method", "protonet", "--train-samples", "4"], "--train-samples draws from abml's weight posterior"),
+    (["--train-samples", "0"], "--train-samples must be an integer >= 1, got 0"),
 ])
 def test_bad_protocol_flags_exit_2_with_one_line(args, message, data_dir, tmp_path, capsys):
     output = tmp_path / "run"
@@ -254,3 +256,6 @@ def test_kl_scale_fine_tunes_start_from_the_run_at_their_own_scale(tmp_path):
     assert (args.config, args.init_weights) == (str(tmp_path / "run" / "config.json"), str(tmp_path / "run"))
     assert (args.kl_scale, args.epochs, args.lr_schedule, args.learning_rate) == (1e-4, 12, "constant", 1e-4)
     assert kl_scale.run_folder(tmp_path, 1e-4).name == "kl-0.0001"
+    flagged = kl_scale.fit_command(tmp_path / "run", 1e-4, tmp_path / "out", "data", 12, 1e-4, "--train-samples 8")
+    assert fit.build_parser().parse_args(flagged[flagged.index("training.fit") + 1:]).train_samples == 8
+    assert args.train_samples == 1
