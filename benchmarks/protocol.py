@@ -13,15 +13,17 @@ METHOD=LR`` changes it), a constant learning rate or with ``--lr-schedule step``
 halving every 2,000 episodes, validated every 100 episodes on 50 validation tasks of the same shape;
 evaluation uses the best validation epoch's weights (``best.weights.h5``). MAML (Finn et al., 2017,
 appendix A.1) trains on 5-way 1-shot tasks with one query per class, meta-batch 32, one inner step
-at 0.4 (three at test), Adam at 1e-3, validated every 640 episodes on 128 tasks. All methods train at
+at 0.4 (three at test), Adam at 1e-3, validated every 640 episodes on 128 tasks; Meta-SGD (Li et al.,
+2017) the same with its learned per-weight rates, one step at test too. Matching Networks train as
+ProtoNet (60-way episodes: Snell et al.'s finding for metric learners). All methods train at
 the same time (``training.fit`` in parallel child processes, so that they share the machine alike)
 until ``--minutes`` of wall-clock training, then each is evaluated with ``training.evaluate`` at
 every ``--eval-ways`` (1-shot, 15 queries per class) on ``--tasks`` test tasks of the Vinyals split:
 the same tasks for every method (same seed). A run that has finished (``model.weights.h5``) is not
 trained again: delete its folder to retrain.
 
-``--shots 5`` runs the 5-shot protocols (60-way 5-shot for ProtoNet and abml, 5-way 5-shot with 5
-queries for MAML) and evaluates 5-shot. Writes ``benchmarks/results/protocol_omniglot_<K>shot[-TAG].json`` (commands, episodes, minutes, every
+``--shots 5`` runs the 5-shot protocols (60-way 5-shot for ProtoNet, Matching Networks and abml,
+5-way 5-shot with 5 queries for MAML and Meta-SGD) and evaluates 5-shot. Writes ``benchmarks/results/protocol_omniglot_<K>shot[-TAG].json`` (commands, episodes, minutes, every
 measure with its 95% interval) and ``protocol_omniglot_<K>shot[-TAG]_time.png``: validation accuracy per
 epoch against wall-clock minutes, every method on one plot.
 """
@@ -48,21 +50,28 @@ TRAINING = ["--ways", "60", "--queries", "5", "--meta-batch", "1", "--epochs", "
 # MAML (Finn et al., 2017, A.1; their code): 5-way K-shot tasks with K queries per class, and
 # training.fit's maml defaults, which are the paper's: meta-batch 32, 1 inner step at 0.4, 3 at test.
 MAML_TRAINING = ["--method", "maml", "--ways", "5", "--epochs", "1000", "--steps-per-epoch", "20", "--val-tasks", "128"]
+# Matching Networks (Vinyals et al., 2016) get ProtoNet's 60-way episodes: their paper trains at the
+# test shape, which Snell et al. found worse for every metric-based learner. Meta-SGD (Li et al.,
+# 2017) is MAML's setting with learned per-weight rates (training.fit's metasgd defaults: 1 step).
 PROTOCOLS = {"protonet": ["--method", "protonet", *TRAINING], "abml": ["--method", "abml", *TRAINING],
-             "maml": MAML_TRAINING}
+             "maml": MAML_TRAINING, "matching": ["--method", "matching", *TRAINING],
+             "metasgd": ["--method", "metasgd", *MAML_TRAINING[2:]]}
+MAML_LIKE = ("maml", "metasgd")
 
 
 def protocol(method, shots):
     """training.fit flags of ``method``'s protocol at ``shots`` (training shots = test shots, as the papers)."""
     flags = ["--shots", str(shots)]
-    if method == "maml":
+    if method in MAML_LIKE:
         flags += ["--queries", str(shots)]
     return [*PROTOCOLS[method], *flags]
 # Ways a trained model can be evaluated at (None: any; maml has a 5-way output layer).
-SERVES = {"maml": [5]}
-# Snell et al. (2017); Finn et al. (2017): {shots: {ways: accuracy}}
+SERVES = {"maml": [5], "metasgd": [5]}
+# Snell et al. (2017); Finn et al. (2017); Vinyals et al. (2016); Li et al. (2017): {shots: {ways: accuracy}}
 PUBLISHED = {"protonet": {1: {5: 98.8, 20: 96.0}, 5: {5: 99.7, 20: 98.9}},
-             "maml": {1: {5: 98.7, 20: 95.8}, 5: {5: 99.9, 20: 98.9}}}
+             "maml": {1: {5: 98.7, 20: 95.8}, 5: {5: 99.9, 20: 98.9}},
+             "matching": {1: {5: 98.1, 20: 93.8}, 5: {5: 98.9, 20: 98.5}},
+             "metasgd": {1: {5: 99.53, 20: 95.93}, 5: {5: 99.93, 20: 98.97}}}
 
 
 def episodes_per_epoch(method):

@@ -259,3 +259,29 @@ def test_kl_scale_fine_tunes_start_from_the_run_at_their_own_scale(tmp_path):
     flagged = kl_scale.fit_command(tmp_path / "run", 1e-4, tmp_path / "out", "data", 12, 1e-4, "--train-samples 8")
     assert fit.build_parser().parse_args(flagged[flagged.index("training.fit") + 1:]).train_samples == 8
     assert args.train_samples == 1
+
+
+def test_every_baseline_has_its_protocol_and_published_numbers():
+    """benchmarks/protocol.py: matching trains as ProtoNet (60-way), metasgd as MAML (5-way, K queries),
+    and each has the four published Omniglot figures its table is measured against."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    import protocol
+
+    parse = lambda method, shots: fit.build_parser().parse_args([*protocol.protocol(method, shots), "--data-dir", "d"])
+    matching, protonet = parse("matching", 5), parse("protonet", 5)
+    assert (matching.method, matching.ways, matching.shots, matching.queries) == ("matching", 60, 5, 5)
+    assert {k: v for k, v in vars(matching).items() if k != "method"} == \
+        {k: v for k, v in vars(protonet).items() if k != "method"}
+    metasgd, maml = parse("metasgd", 5), parse("maml", 5)
+    assert (metasgd.method, metasgd.ways, metasgd.queries) == ("metasgd", 5, 5)
+    assert {k: v for k, v in vars(metasgd).items() if k != "method"} == \
+        {k: v for k, v in vars(maml).items() if k != "method"}
+    assert protocol.SERVES["metasgd"] == [5] and "matching" not in protocol.SERVES
+    assert set(protocol.PROTOCOLS) - set(protocol.PUBLISHED) == {"abml"}  # its paper's numbers are elsewhere
+    for method in protocol.PUBLISHED:
+        assert set(protocol.PUBLISHED[method]) == {1, 5}
+        assert all(set(by_ways) == {5, 20} for by_ways in protocol.PUBLISHED[method].values())
+    assert protocol.episodes_per_epoch("metasgd") == 32 * 20 and protocol.episodes_per_epoch("matching") == 100
