@@ -108,7 +108,8 @@ class AmortizedBNN(EpisodicModel):
     extra_metrics = ("kl",)
 
     def __init__(self, encoder, ways, hidden_units=(64,), noise_dim=32, inner_steps=5, inner_lr=0.5,
-                 kl_scale=1e-6, first_order=False, eval_samples=10, train_samples=1, initial_scale=0.01, initial_embedding_scale=4.0,
+                 kl_scale=1e-6, first_order=False, eval_samples=10, train_samples=1, initial_scale=0.01,
+                 initial_embedding_scale=4.0,
                  transductive_batch_norm=True, task_encoder=None, task_encoding="concat", posterior="paper",
                  learn_inner_lr=False, seed=None, eval_inner_steps=None, residual_head=False, **kwargs):
         super().__init__(ways, **kwargs)
@@ -250,7 +251,7 @@ class AmortizedBNN(EpisodicModel):
             probabilities = tf.nn.softmax(logits)
         elif training:  # NLL of the S-draw predictive, in log space: log mean_s p_s(y)
             log_draws = tf.nn.log_softmax(self.draw_logits(params, query_embeddings, self.train_samples))
-            true_class = tf.reduce_sum(log_draws * tf.one_hot(query_labels, tf.shape(log_draws)[-1]), -1)  # [S, T, M]
+            true_class = tf.reduce_sum(log_draws * tf.one_hot(query_labels, tf.shape(log_draws)[-1]), -1)  # S, T, M
             nll = -tf.reduce_mean(tf.reduce_logsumexp(true_class, axis=0)) + math.log(self.train_samples)
             probabilities = tf.reduce_mean(tf.exp(log_draws), axis=0)
         else:

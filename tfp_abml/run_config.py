@@ -46,10 +46,10 @@ def method_defaults(method, train_ways):
     return {"inner_steps": 5, "inner_lr": 0.5, "meta_batch": 4, "eval_inner_steps": None}
 
 
-# Settings that may change when a run is resumed: how long to train, where the data lives, and
-# MAML's task loop (it changes how the graph is built, not what it computes; tests/baselines).
 # Validation tasks are drawn from seed + this offset (RunConfig.validation_sampler).
 VALIDATION_SEED_OFFSET = 1_000_003
+# Settings that may change when a run is resumed: how long to train, where the data lives, and
+# MAML's task loop (it changes how the graph is built, not what it computes; tests/baselines).
 RESUMABLE_CHANGES = ("epochs", "data_dir", "task_loop", "eval_inner_steps")
 
 
@@ -183,8 +183,8 @@ class RunConfig:
             raise UserInputError(f"--train-ways {self.train_ways} differs from --ways {self.ways}, but "
                                  f"{self.ways_agnostic_reason()}: train and evaluate {self.method} at one --ways")
         positive = {"ways": 2, "shots": 1, "queries": 1, "embedding_dim": 1, "noise_dim": 1, "inner_steps": 0,
-                    "eval_samples": 1, "train_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1, "val_tasks": 0,
-                    "lr_decay_episodes": 1}
+                    "eval_samples": 1, "train_samples": 1, "meta_batch": 1, "epochs": 1, "steps_per_epoch": 1,
+                    "val_tasks": 0, "lr_decay_episodes": 1}
         if self.eval_inner_steps is not None:
             positive["eval_inner_steps"] = 0
         for name, least in positive.items():

@@ -84,7 +84,8 @@ def run(args):
     result.pop("labels")
     result.pop("mutual_information")
     suffix = f"{args.split}_{args.corruption}{args.severity}" if args.corruption else args.split
-    result.update(command=getattr(args, "command", None), method=config.method, split=args.split, seed=args.seed, ece_bins=ECE_BINS,
+    result.update(command=getattr(args, "command", None), method=config.method, split=args.split, seed=args.seed,
+                  ece_bins=ECE_BINS,
                   corruption=args.corruption, severity=args.severity if args.corruption else None,
                   temperatures=getattr(model, "temperatures", {}),
                   ways=config.ways, shots=config.shots, queries=config.queries, weights=model.loaded_weights,
