@@ -19,6 +19,7 @@ CASES = {
     "abml-paper": {"posterior": "paper"},
     "abml-aligned-concat": {"posterior": "aligned", "task_encoding": "concat", "learn_inner_lr": True},
     "abml-aligned-pool-no-hidden": {"posterior": "aligned", "task_encoding": "pool", "hidden_units": ()},
+    "abml-learned-prior": {"prior": "learned"},
     "protonet": {"method": "protonet"},
     "matching": {"method": "matching"},
     "maml": {"method": "maml"},

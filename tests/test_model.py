@@ -29,7 +29,8 @@ def test_call_returns_query_probabilities(train_sampler):
 @pytest.mark.parametrize("first_order, variant", [
     (False, {}), (True, {}), (False, {"posterior": "aligned", "learn_inner_lr": True}),
     (False, {"posterior": "aligned", "task_encoding": "pool"}),
-    (False, {"posterior": "aligned", "residual_head": True, "train_samples": 3})])
+    (False, {"posterior": "aligned", "residual_head": True, "train_samples": 3}),
+    (False, {"posterior": "aligned", "prior": "learned"})])
 def test_outer_gradient_reaches_encoder_posterior_and_scale(train_sampler, first_order, variant):
     inputs, labels = next(iter(episode_dataset(train_sampler, 2)))
     model = _model(kl_scale=1e-3, first_order=first_order, inner_steps=2, **variant)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfp_abml.flipout import DenseParams, flipout_dense, kl_to_standard_normal
+from tfp_abml.flipout import DenseParams, flipout_dense
 
 
 class BayesianMLP:
@@ -60,11 +60,6 @@ class BayesianMLP:
         """Logits ``[T, M, outputs]`` for inputs ``[T, M, input_dim]`` under posteriors ``params``."""
         features = self.features(inputs, params[:-1], seed=seed, mean_only=mean_only)
         return self.dense(features, params[-1], seed=seed, mean_only=mean_only)
-
-    @staticmethod
-    def kl(params):
-        """``KL(q || N(0, I))`` over all layers, per task ``[T]``."""
-        return tf.add_n([kl_to_standard_normal(layer) for layer in params])
 
     @staticmethod
     def flatten(params):

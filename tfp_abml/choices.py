@@ -10,6 +10,7 @@ TASK_LOOPS = ("auto", "unrolled", "map_fn", "sequential")  # maml/metasgd: how a
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
 MAML_METHODS = ("maml", "metasgd")  # adapt the whole network per task; --task-loop applies to them
 POSTERIORS = ("paper", "aligned")  # checked by RunConfig without importing TensorFlow; tfp_abml.model builds them
+PRIORS = ("standard", "learned")  # abml's weight prior: N(0, I) or meta-learned (tfp_abml.prior)
 TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
 LR_SCHEDULES = ("constant", "step", "cosine")
 WEIGHT_CHOICES = ("best", "last")  # which weights of a run tfp_abml.runs.load_run loads

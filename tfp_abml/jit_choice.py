@@ -36,7 +36,7 @@ MEASURE_MIN_STEPS = 1000
 XLA_MARGIN = 0.10
 SHAPE_SETTINGS = ("method", "dataset", "encoder", "image_size", "embedding_dim", "hidden_units", "residual_head",
                   "posterior", "learn_inner_lr", "task_encoding", "noise_dim", "ways", "shots", "queries",
-                  "inner_steps", "first_order", "meta_batch", "train_samples")
+                  "inner_steps", "first_order", "meta_batch", "train_samples", "prior")
 
 
 def cache_path():

@@ -9,9 +9,10 @@ For each task of a meta-batch (all tasks run batched, no Python loop over them):
    give ``phi_K`` (:func:`tfp_abml.inner_loop.sgd_adapt`);
 5. the outer loss on the query set under ``phi_K``::
 
-       L = E_tasks[ CE(query | phi_K) ] + kl_scale * E_tasks[ KL(q_{phi_K} || N(0, I)) ]
+       L = E_tasks[ CE(query | phi_K) ] + kl_scale * E_tasks[ KL(q_{phi_K} || p) ]
 
-   where the KL is summed over all BNN weights and biases. Its gradient flows
+   where ``p`` is the paper's N(0, I) or a meta-learned Gaussian (``prior="learned"``,
+   :mod:`tfp_abml.prior`) and the KL is summed over all BNN weights and biases. Its gradient flows
    back through the inner loop (second order unless ``first_order``) into the
    posterior LSTM, the task encoding and the encoder.
 
@@ -60,11 +61,12 @@ import dataclasses
 import math
 
 from tfp_abml.bayesian_head import BayesianMLP
-from tfp_abml.choices import POSTERIORS
+from tfp_abml.choices import POSTERIORS, PRIORS
 from tfp_abml.episodic import EpisodicModel, embed_tasks, mean_nll, split_support_query
 from tfp_abml.flipout import DenseParams
 from tfp_abml.inner_loop import sgd_adapt
 from tfp_abml.posterior import AmortizedPosterior
+from tfp_abml.prior import LearnedPrior, standard_normal_kl
 from tfp_abml.task_encoding import ClassMeanConcat, ClassMeanPool, class_means
 
 
@@ -84,7 +86,9 @@ class AmortizedBNN(EpisodicModel):
       noise_dim: size of the Gaussian noise fed to the LSTM at every step.
       inner_steps, inner_lr: K and the step size of inner SGD (paper: 1 at 1.0, or 5 at 0.5).
       eval_inner_steps: K in evaluation and prediction (None: ``inner_steps``).
-      kl_scale: weight of ``KL(q || N(0, I))`` in the outer loss.
+      kl_scale: weight of ``KL(q || p)`` in the outer loss.
+      prior: ``p``: ``"standard"``, the paper's N(0, I), or ``"learned"``, a meta-learned Gaussian
+        (:class:`tfp_abml.prior.LearnedPrior`, class-symmetric in the output layer).
       first_order: drop second-order terms of the inner loop.
       eval_samples: Flipout draws averaged for evaluation and prediction.
       train_samples: Flipout draws of the training query loss: 1, the expected log-likelihood of
@@ -111,10 +115,13 @@ class AmortizedBNN(EpisodicModel):
                  kl_scale=1e-6, first_order=False, eval_samples=10, train_samples=1, initial_scale=0.01,
                  initial_embedding_scale=4.0,
                  transductive_batch_norm=True, task_encoder=None, task_encoding="concat", posterior="paper",
-                 learn_inner_lr=False, seed=None, eval_inner_steps=None, residual_head=False, **kwargs):
+                 learn_inner_lr=False, seed=None, eval_inner_steps=None, residual_head=False, prior="standard",
+                 **kwargs):
         super().__init__(ways, **kwargs)
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         self.posterior_kind = posterior
         self.encoder = encoder
         self.inner_steps, self.inner_lr = int(inner_steps), float(inner_lr)
@@ -134,6 +141,7 @@ class AmortizedBNN(EpisodicModel):
                                             noise_dim=noise_dim, initial_scale=initial_scale,
                                             symmetric_output=posterior == "aligned",
                                             seed=_seed(seed, 2), name="posterior")
+        self.prior = LearnedPrior(self.head.layer_shapes, name="prior") if prior == "learned" else None
         self.flipout_seed = keras.random.SeedGenerator(_seed(seed, 3), name="flipout_seed")
         # Raw Conv-4 embeddings are far from unit norm: inner SGD at the paper's step sizes (0.5, 1.0)
         # diverged on them. Unit-norm embeddings times a learned scale start stable and let the
@@ -242,7 +250,7 @@ class AmortizedBNN(EpisodicModel):
 
     def episode(self, inputs, query_labels, training):
         params, query_embeddings = self.adapt_and_embed_queries(inputs, training)
-        kl = tf.reduce_mean(self.head.kl(params))
+        kl = tf.reduce_mean(self.kl_divergence(params))
         query_labels = tf.cast(query_labels, tf.int32)
         if training and self.train_samples == 1:  # one draw: unbiased for the expected log-likelihood
             logits = self.head(query_embeddings, params, seed=self.flipout_seed)
@@ -258,6 +266,10 @@ class AmortizedBNN(EpisodicModel):
             probabilities = self.predictive(params, query_embeddings, self.eval_samples)
             nll = mean_nll(probabilities, query_labels)
         return {"loss": nll + self.kl_scale * kl, "nll": nll, "kl": kl, "probabilities": probabilities}
+
+    def kl_divergence(self, params):
+        """``KL(q || p)`` per task ``[T]``: to the learned prior, or to N(0, I)."""
+        return standard_normal_kl(params) if self.prior is None else self.prior.kl(params)
 
     def predict_episode(self, inputs, training=False):
         """Posterior-predictive query probabilities ``[T, M, N]`` after adapting to the support set."""

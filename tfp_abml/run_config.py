@@ -12,7 +12,7 @@ import json
 
 # The names of the choices live in tfp_abml.choices, which the models import as well; they are
 # re-exported here for the command line.
-from tfp_abml.choices import (JIT_MODES, LR_SCHEDULES, MAML_METHODS, METHODS, POSTERIORS, TASK_ENCODINGS,
+from tfp_abml.choices import (JIT_MODES, LR_SCHEDULES, MAML_METHODS, METHODS, POSTERIORS, PRIORS, TASK_ENCODINGS,
                               TASK_LOOPS)
 from tfp_abml.errors import UserInputError
 
@@ -89,6 +89,7 @@ class RunConfig:
     # posterior when every hidden width equals embedding_dim (benchmarks/protocol.py --tag residual80)
     residual_head: bool | None = None
     posterior: str = "aligned"  # abml: "aligned" (output means from class prototypes) or "paper"
+    prior: str = "standard"  # abml: the weight prior of the KL, N(0, I) or "learned" (tfp_abml.prior)
     learn_inner_lr: bool | None = None  # abml: one learned inner step size per posterior tensor
     task_encoding: str | None = None  # abml: "concat" (paper: class means in random order) or "pool"
     noise_dim: int = 32
@@ -160,6 +161,10 @@ class RunConfig:
             raise UserInputError(f"unknown encoder {self.encoder!r}: use --encoder {' or '.join(ENCODERS)}")
         if self.posterior not in POSTERIORS:
             raise UserInputError(f"unknown --posterior {self.posterior!r}: use one of {', '.join(POSTERIORS)}")
+        if self.prior not in PRIORS:
+            raise UserInputError(f"unknown --prior {self.prior!r}: use one of {', '.join(PRIORS)}")
+        if self.prior != "standard" and self.method != "abml":
+            raise UserInputError(f"--prior is abml's weight prior; {self.method} has none: leave it out")
         if self.task_encoding not in TASK_ENCODINGS:
             raise UserInputError(f"unknown --task-encoding {self.task_encoding!r}: use one of "
                                  f"{', '.join(TASK_ENCODINGS)}")
@@ -406,7 +411,7 @@ class RunConfig:
                             train_samples=self.train_samples,
                             initial_scale=self.initial_scale, posterior=self.posterior,
                             learn_inner_lr=self.learn_inner_lr, task_encoding=self.task_encoding, seed=self.seed,
-                            residual_head=self.residual_head)
+                            residual_head=self.residual_head, prior=self.prior)
 
     def example_inputs(self):
         """A one-task batch of zeros in the model's input layout: enough to create its variables."""

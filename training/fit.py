@@ -23,7 +23,7 @@ import time
 from tfp_abml.distribute import STRATEGIES, check_strategy
 from tfp_abml.errors import UserInputError
 from tfp_abml.output_location import check_writable
-from tfp_abml.run_config import (JIT_MODES, LR_SCHEDULES, METHODS, POSTERIORS, TASK_ENCODINGS, TASK_LOOPS,
+from tfp_abml.run_config import (JIT_MODES, LR_SCHEDULES, METHODS, POSTERIORS, PRIORS, TASK_ENCODINGS, TASK_LOOPS,
                                  RunConfig)
 from training._cli import Parser, run_command
 
@@ -104,7 +104,10 @@ def build_parser():
                             "auto: unrolled for conv4, sequential for efficientnet_b0 "
                             "(see docs/benchmarks.md, Speed and Memory)")
     model.add_argument("--kl-scale", type=float, default=_DEFAULTS.kl_scale,
-                       help="weight of KL(q || N(0,1)), summed over BNN weights, in the outer loss")
+                       help="weight of KL(q || prior), summed over BNN weights, in the outer loss")
+    model.add_argument("--prior", default=_DEFAULTS.prior, choices=PRIORS,
+                       help="abml: the prior of the KL, 'standard' N(0, 1) (the paper) or 'learned' (meta-learned "
+                            "means and scales, class-symmetric in the output layer; docs/method.md)")
     model.add_argument("--eval-samples", type=int, default=_DEFAULTS.eval_samples,
                        help="posterior samples averaged at validation")
     model.add_argument("--train-samples", type=int, default=_DEFAULTS.train_samples,

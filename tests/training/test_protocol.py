@@ -146,6 +146,7 @@ def test_a_ways_agnostic_run_evaluates_and_exports_at_other_ways(agnostic_run, t
     (["--method", "protonet", "--residual-head"], "--residual-head applies only to --method abml"),
     (["--method", "protonet", "--train-samples", "4"], "--train-samples draws from abml's weight posterior"),
     (["--train-samples", "0"], "--train-samples must be an integer >= 1, got 0"),
+    (["--method", "protonet", "--prior", "learned"], "--prior is abml's weight prior; protonet has none"),
 ])
 def test_bad_protocol_flags_exit_2_with_one_line(args, message, data_dir, tmp_path, capsys):
     output = tmp_path / "run"

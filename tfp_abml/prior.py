@@ -1,0 +1,84 @@
+"""Priors of the Bayesian head: the paper's N(0, I), or one meta-learned across tasks.
+
+The outer loss charges ``kl_scale * KL(q_task || p)``. With the paper's ``p = N(0, I)`` the KL
+pulls every posterior mean towards zero, the aligned output layer's prototype means included
+(``kernel_loc[:, n] = 2 a p_n``): a larger ``kl_scale`` widens the posterior but also shrinks
+what it classifies with (``benchmarks/kl_scale.py``). A meta-learned prior (Ravi & Beatson,
+2019, "Amortized Bayesian Meta-Learning", ICLR; there under a hyperprior, here as empirical
+Bayes) makes ``p = N(m, s^2)`` trainable: the outer loop moves ``m`` and ``s`` to where the
+tasks' posteriors lie, so the KL charges a posterior for departing from the population of
+tasks, not from zero::
+
+    KL(N(mu, sigma^2) || N(m, s^2)) = log(s / sigma) + (sigma^2 + (mu - m)^2) / (2 s^2) - 1/2
+
+per weight, summed. Hidden layers get one ``(m, s)`` per weight. The output layer's units are
+the task's classes, which come in no fixed order, so its prior is class-symmetric: one
+``(m, s)`` per input unit for the kernel, one for all biases, shared by every output unit. That
+also keeps the prior independent of N (a ways-agnostic model stays one). It starts at N(0, 1):
+a learned prior is the paper's prior at initialisation.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_abml.flipout import DenseParams, kl_to_standard_normal, rho_from_scale, scale_from_rho
+
+tfd = tfp.distributions
+
+
+def standard_normal_kl(params):
+    """``KL(q || N(0, I))`` over all layers, per task ``[T]`` (the paper's prior)."""
+    return tf.add_n([kl_to_standard_normal(layer) for layer in params])
+
+
+def kl_to_normal(loc, scale, prior_loc, prior_scale):
+    """Per-task sum of ``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))``; the prior broadcasts
+    against the posterior's ``[T, ...]`` without its task axis."""
+    kl = tfd.kl_divergence(tfd.Normal(loc, scale), tfd.Normal(prior_loc, prior_scale))
+    return tf.reduce_sum(tf.reshape(kl, (tf.shape(kl)[0], -1)), axis=-1)
+
+
+class LearnedPrior(keras.layers.Layer):
+    """Trainable Gaussian prior over the weights of a head with ``layer_shapes`` [(in, out), ...].
+
+    ``kl(params)`` is ``KL(q || p)`` per task ``[T]`` for posteriors ``params`` (one
+    :class:`~tfp_abml.flipout.DenseParams` per layer). Variables are attributes, one per tensor:
+    tf.train.Checkpoint does not see variables kept in a Python list of a Keras 3 layer.
+    """
+
+    def __init__(self, layer_shapes, initial_scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.layer_shapes = [tuple(int(d) for d in s) for s in layer_shapes]
+        rho = keras.initializers.Constant(float(rho_from_scale(initial_scale)))
+        last = len(self.layer_shapes) - 1
+        for index, (fan_in, fan_out) in enumerate(self.layer_shapes):
+            # The output layer: per input unit, shared by the N class units (class-symmetric).
+            kernel, bias = ((fan_in, 1), (1,)) if index == last else ((fan_in, fan_out), (fan_out,))
+            for name, shape, initializer in (("kernel_loc", kernel, "zeros"), ("kernel_rho", kernel, rho),
+                                             ("bias_loc", bias, "zeros"), ("bias_rho", bias, rho)):
+                setattr(self, f"{name}_{index}", self.add_weight(shape=shape, initializer=initializer,
+                                                                 name=f"prior_{name}_{index}"))
+
+    def layer(self, index):
+        """The prior of layer ``index`` as :class:`DenseParams` without a task axis."""
+        return DenseParams(*(getattr(self, f"{name}_{index}")
+                             for name in ("kernel_loc", "kernel_rho", "bias_loc", "bias_rho")))
+
+    def kl(self, params):
+        total = 0.0
+        for index, posterior in enumerate(params):
+            prior = self.layer(index)
+            total += kl_to_normal(posterior.kernel_loc, scale_from_rho(posterior.kernel_rho),
+                                  prior.kernel_loc, scale_from_rho(prior.kernel_rho))
+            total += kl_to_normal(posterior.bias_loc, scale_from_rho(posterior.bias_rho),
+                                  prior.bias_loc, scale_from_rho(prior.bias_rho))
+        return total
+
+    def mean_scales(self):
+        """Mean prior scale of each layer's kernel and bias (for reports)."""
+        return [{"kernel": float(tf.reduce_mean(scale_from_rho(self.layer(i).kernel_rho))),
+                 "bias": float(tf.reduce_mean(scale_from_rho(self.layer(i).bias_rho)))}
+                for i in range(len(self.layer_shapes))]
