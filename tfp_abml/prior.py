@@ -61,6 +61,7 @@ class LearnedPrior(keras.layers.Layer):
                                              ("bias_loc", bias, "zeros"), ("bias_rho", bias, rho)):
                 setattr(self, f"{name}_{index}", self.add_weight(shape=shape, initializer=initializer,
                                                                  name=f"prior_{name}_{index}"))
+        self.built = True  # its weights exist from the start; nothing depends on an input shape
 
     def layer(self, index):
         """The prior of layer ``index`` as :class:`DenseParams` without a task axis."""

@@ -118,6 +118,18 @@ def test_init_weights_starts_a_new_run_from_a_trained_one_and_refuses_what_does_
     assert all(np.allclose(a, b, atol=1e-6) for a, b, _ in pairs)
     assert not all(np.allclose(a, c, atol=1e-6) for a, _, c in pairs)
 
+    # A learned prior starts from a run trained without one: every other weight loaded, the prior at N(0, 1).
+    learned = tmp_path / "learned"
+    capsys.readouterr()
+    assert fit.main([*tiny, "--learning-rate", "1e-12", "--prior", "learned", "--init-weights", str(source),
+                     "--output", str(learned)]) == 0
+    assert "holds no learned prior: it starts at N(0, 1)" in capsys.readouterr().out
+    _, with_prior = load_run(learned, "last")
+    prior = {id(v) for v in with_prior.prior.variables}
+    rest = [v for v in with_prior.trainable_variables if id(v) not in prior]
+    assert all(np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in zip(trained.trainable_variables, rest))
+    assert [s["kernel"] for s in with_prior.prior.mean_scales()] == pytest.approx([1.0, 1.0], abs=1e-3)
+
     protonet = dataclasses.replace(config, method="protonet").build_model()
     protonet(config.example_inputs())
     protonet.save_weights(str(tmp_path / "protonet.weights.h5"))
