@@ -72,7 +72,7 @@ def run_folder(runs_dir, kl_scale):
 
 def posterior_scales(run, tasks=20):
     """Mean posterior scale of each layer's kernel and bias after the inner loop, over 5-way 1-shot
-    validation tasks."""
+    validation tasks, and the learned prior's (None for the standard prior)."""
     import tensorflow as tf
 
     from tfp_abml.data import episode_dataset
@@ -83,8 +83,9 @@ def posterior_scales(run, tasks=20):
     validation = config.validation_sampler()
     inputs, _ = next(iter(episode_dataset(validation, tasks, episodes=tasks)))
     params, _ = model.adapt_and_embed_queries(inputs, training=False)  # as evaluation adapts
-    return [{"kernel": float(tf.reduce_mean(scale_from_rho(layer.kernel_rho))),
-             "bias": float(tf.reduce_mean(scale_from_rho(layer.bias_rho)))} for layer in params]
+    posterior = [{"kernel": float(tf.reduce_mean(scale_from_rho(layer.kernel_rho))),
+                  "bias": float(tf.reduce_mean(scale_from_rho(layer.bias_rho)))} for layer in params]
+    return posterior, (model.prior.mean_scales() if model.prior is not None else None)
 
 
 def plot(rows, path, ways):
@@ -168,7 +169,7 @@ def main(argv=None):
         for ways in args.eval_ways:
             result = evaluate("abml", run, ways, args.tasks, args.data_dir)  # protocol.py's evaluation
             row["test"][f"{ways}-way"] = {"command": result["command"], **summary(result)}
-        row["posterior_scales"] = posterior_scales(run)
+        row["posterior_scales"], row["prior_scales"] = posterior_scales(run)
         rows.append(row)
         s = row["test"][f"{args.eval_ways[0]}-way"]
         print(f"kl_scale {kl_scale:g}: val NLL {row['val_nll']:.4f}; test {args.eval_ways[0]}-way "
