@@ -16,6 +16,13 @@ the task's classes, which come in no fixed order, so its prior is class-symmetri
 ``(m, s)`` per input unit for the kernel, one for all biases, shared by every output unit. That
 also keeps the prior independent of N (a ways-agnostic model stays one). It starts at N(0, 1):
 a learned prior is the paper's prior at initialisation.
+
+Adam moves every variable by about its learning rate per step, whatever the gradient's size. The
+network's weights need small moves; the prior's means and rhos must travel distances of order one
+(from N(0, 1) to where posteriors with scales of a few hundredths lie). The variables therefore
+hold ``m / rate`` and ``rho / rate``: the prior moves ``rate`` times faster than the network
+(``PRIOR_RATE`` = 100: 0.01 per step at Adam's 1e-4, so that a fine-tune of a few hundred steps
+can reach it), as the posterior heads move ten times slower (:mod:`tfp_abml.posterior`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import tensorflow_probability as tfp
 from tfp_abml.flipout import DenseParams, kl_to_standard_normal, rho_from_scale, scale_from_rho
 
 tfd = tfp.distributions
+PRIOR_RATE = 100.0
 
 
 def standard_normal_kl(params):
@@ -49,10 +57,11 @@ class LearnedPrior(keras.layers.Layer):
     tf.train.Checkpoint does not see variables kept in a Python list of a Keras 3 layer.
     """
 
-    def __init__(self, layer_shapes, initial_scale=1.0, **kwargs):
+    def __init__(self, layer_shapes, initial_scale=1.0, rate=PRIOR_RATE, **kwargs):
         super().__init__(**kwargs)
         self.layer_shapes = [tuple(int(d) for d in s) for s in layer_shapes]
-        rho = keras.initializers.Constant(float(rho_from_scale(initial_scale)))
+        self.rate = float(rate)
+        rho = keras.initializers.Constant(float(rho_from_scale(initial_scale)) / self.rate)
         last = len(self.layer_shapes) - 1
         for index, (fan_in, fan_out) in enumerate(self.layer_shapes):
             # The output layer: per input unit, shared by the N class units (class-symmetric).
@@ -63,10 +72,16 @@ class LearnedPrior(keras.layers.Layer):
                                                                  name=f"prior_{name}_{index}"))
         self.built = True  # its weights exist from the start; nothing depends on an input shape
 
+    NAMES = ("kernel_loc", "kernel_rho", "bias_loc", "bias_rho")
+
     def layer(self, index):
         """The prior of layer ``index`` as :class:`DenseParams` without a task axis."""
-        return DenseParams(*(getattr(self, f"{name}_{index}")
-                             for name in ("kernel_loc", "kernel_rho", "bias_loc", "bias_rho")))
+        return DenseParams(*(self.rate * getattr(self, f"{name}_{index}") for name in self.NAMES))
+
+    def set_layer(self, index, params):
+        """Set the prior of layer ``index`` to ``params`` (:class:`DenseParams` shaped as :meth:`layer`)."""
+        for name, value in zip(self.NAMES, params.tensors()):
+            getattr(self, f"{name}_{index}").assign(tf.convert_to_tensor(value, tf.float32) / self.rate)
 
     def kl(self, params):
         total = 0.0
