@@ -192,60 +192,42 @@ def save_weights_atomic(model, path):
     tmp.replace(path)
 
 
-def load_initial_weights(model, path, config=None):
+def load_initial_weights(model, path):
     """Start ``model`` from the weights in ``path`` (a ``.weights.h5`` file), keeping its optimizer fresh.
 
     A ``.weights.h5`` file holds the optimizer's state too (its step count and learning rate among
     it); a run that starts from another run's weights keeps its own, so that its ``--learning-rate``
     and schedule apply. Raises ``UserInputError`` when the file's weights do not fit ``model``.
 
-    With ``config`` (the model's RunConfig) an abml model with ``--prior learned`` also starts from a
-    run trained with the standard prior: every other weight is loaded, and the prior starts where a
-    fresh learned prior does, at N(0, 1).
+    An abml model with ``--prior learned`` also starts from a run trained with the standard prior:
+    every other weight is loaded, and the prior starts where a fresh learned prior does, at N(0, 1).
     """
     from tfp_abml.errors import UserInputError
 
     optimizer_variables = list(model.optimizer.variables) if model.optimizer else []
     fresh_optimizer = [variable.numpy() for variable in optimizer_variables]
+    prior = getattr(model, "prior", None)
     try:
-        _load_weights(model, path)
+        try:
+            _load_weights(model, path)
+        except ValueError:
+            if prior is None:
+                raise
+            _load_weights(model, path, objects_to_skip=[prior])  # a file without a learned prior
+            print(f"{path} holds no learned prior: it starts at N(0, 1).", flush=True)
     except ValueError as err:
-        if not (config is not None and getattr(model, "prior", None) is not None and _loads_without_prior(
-                model, path, config)):
-            raise UserInputError(f"--init-weights {path} does not fit this model (another method, encoder or "
-                                 f"head?): {_first_line(err)}") from err
-        print(f"{path} holds no learned prior: it starts at N(0, 1).", flush=True)
+        raise UserInputError(f"--init-weights {path} does not fit this model (another method, encoder or head?): "
+                             f"{_first_line(err)}") from err
     for variable, value in zip(optimizer_variables, fresh_optimizer):
         variable.assign(value)
 
 
-def _load_weights(model, path):
+def _load_weights(model, path, **kwargs):
     import warnings
 
     with warnings.catch_warnings():  # Keras's note that it skips an optimizer of another layout: so do we
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(str(path))
-
-
-def _loads_without_prior(model, path, config):
-    """Load ``path`` into the same model without a learned prior, and copy every other variable over
-    in order (Keras's automatic layer names differ between the two models); False if that does not
-    fit either."""
-    import dataclasses
-
-    twin = dataclasses.replace(config, prior="standard").build_model()
-    twin(config.example_inputs())
-    try:
-        _load_weights(twin, path)
-    except ValueError:
-        return False
-    prior = {id(variable) for variable in model.prior.variables}
-    mine = [variable for variable in model.variables if id(variable) not in prior]
-    if [v.shape for v in mine] != [v.shape for v in twin.variables]:
-        return False
-    for variable, value in zip(mine, twin.variables):
-        variable.assign(value)
-    return True
+        model.load_weights(str(path), **kwargs)
 
 
 def best_epoch(history):

@@ -141,14 +141,17 @@ def dense_sampled_weights(inputs, params: DenseParams, seed=None):
     return tf.einsum("tmi,tio->tmo", inputs, kernel) + bias[:, None, :]
 
 
+def kl_to_normal(loc, scale, prior_loc, prior_scale):
+    """Per-task sum of ``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))``, computed by TFP: ``[T]``.
+    The prior broadcasts against the posterior's ``[T, ...]`` (without its task axis)."""
+    kl = tfd.kl_divergence(tfd.Normal(loc, scale), tfd.Normal(prior_loc, prior_scale))
+    return tf.reduce_sum(tf.reshape(kl, (tf.shape(kl)[0], -1)), axis=-1)
+
+
 def kl_to_standard_normal(params: DenseParams):
     """``KL(q || N(0, 1))`` summed over the layer's weights and biases, per task: ``[T]``.
 
-    Closed form per weight: ``0.5 * (s^2 + m^2 - 1) - log s``, computed by TFP.
+    Closed form per weight: ``0.5 * (s^2 + m^2 - 1) - log s``.
     """
-    prior = tfd.Normal(0.0, 1.0)
-    total = 0.0
-    for loc, rho in ((params.kernel_loc, params.kernel_rho), (params.bias_loc, params.bias_rho)):
-        kl = tfd.kl_divergence(tfd.Normal(loc, scale_from_rho(rho)), prior)
-        total += tf.reduce_sum(tf.reshape(kl, (tf.shape(kl)[0], -1)), axis=-1)
-    return total
+    return (kl_to_normal(params.kernel_loc, scale_from_rho(params.kernel_rho), 0.0, 1.0)
+            + kl_to_normal(params.bias_loc, scale_from_rho(params.bias_rho), 0.0, 1.0))

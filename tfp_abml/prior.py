@@ -29,24 +29,15 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tfp_abml.flipout import DenseParams, kl_to_standard_normal, rho_from_scale, scale_from_rho
+from tfp_abml.flipout import DenseParams, kl_to_normal, kl_to_standard_normal, rho_from_scale, scale_from_rho
 
-tfd = tfp.distributions
 PRIOR_RATE = 100.0
 
 
 def standard_normal_kl(params):
     """``KL(q || N(0, I))`` over all layers, per task ``[T]`` (the paper's prior)."""
     return tf.add_n([kl_to_standard_normal(layer) for layer in params])
-
-
-def kl_to_normal(loc, scale, prior_loc, prior_scale):
-    """Per-task sum of ``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))``; the prior broadcasts
-    against the posterior's ``[T, ...]`` without its task axis."""
-    kl = tfd.kl_divergence(tfd.Normal(loc, scale), tfd.Normal(prior_loc, prior_scale))
-    return tf.reduce_sum(tf.reshape(kl, (tf.shape(kl)[0], -1)), axis=-1)
 
 
 class LearnedPrior(keras.layers.Layer):

@@ -123,7 +123,7 @@ class FewShotHyperModel(keras_tuner.HyperModel):
         model(config.example_inputs())
         model.optimizer.build(model.trainable_variables)  # so a trial's saved optimizer state loads too
         if config.init_weights:  # every trial fine-tunes the same trained weights
-            load_initial_weights(model, config.init_weights, config)
+            load_initial_weights(model, config.init_weights)
         return model
 
     def _datasets(self, config):

@@ -415,7 +415,7 @@ def _train(config, output, verbose, max_minutes, strategy):
     episodes_per_epoch = config.steps_per_epoch * config.meta_batch
     initial_epoch = state.restore()
     if not initial_epoch and config.init_weights:  # before a cluster's workers copy the chief's state
-        load_initial_weights(model, config.init_weights, config)
+        load_initial_weights(model, config.init_weights)
         if chief:
             print(f"Starting from the weights in {config.init_weights}.", flush=True)
     if distribute.is_multi_worker(strategy):  # only the chief has checkpoints: everyone continues from its state
