@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
-SHIFT_MEASURES = ("accuracy", "nll", "ece", "mean_confidence")
+SHIFT_MEASURES = ("accuracy", "nll", "ece", "mean_confidence", "nll_difference")
 
 
 def named_path(text):
@@ -99,7 +99,7 @@ def measure_model(name, paths, ways, args, log):
                                    temperatures=temperatures, seed=args.seed)
                 for n, s in shifted["predictions"].items():
                     rows[labels[n]].setdefault("shift", {}).setdefault(corruption, {})[str(severity)] = {
-                        k: s[k] for k in SHIFT_MEASURES}
+                        k: s[k] for k in SHIFT_MEASURES if k in s}
         log(f"{name} {ways}-way: {len(args.corruptions or CORRUPTIONS)} corruptions x {len(args.severities)} "
             f"severities ({time.perf_counter() - started:.0f} s)")
         for row in rows.values():
@@ -129,7 +129,39 @@ def table(results):
                 f"| {100 * s['ece']:.2f}% [{100 * s['ece_ci95'][0]:.2f}, {100 * s['ece_ci95'][1]:.2f}] "
                 f"| {s['brier']:.4f} | {100 * s['accuracy_at_80_coverage']:.2f}% | {s['aurc']:.4f} | {aurocs} "
                 f"| {fpr} | {shift} |")
+        lines += paired_table(rows)
     return "\n".join(lines) + "\n"
+
+
+def paired_table(rows):
+    """What the weight uncertainty buys: each paired NLL difference (the posterior predictive minus the
+    posterior means, same tasks) in distribution, and over the corruption suite the number of
+    conditions where the interval lies wholly below zero (better) or above (worse)."""
+    import numpy as np
+
+    paired = {label: row for label, row in rows.items() if "nll_difference" in row["in_distribution"]}
+    if not paired:
+        return []
+    lines = ["", "NLL of the posterior predictive minus the posterior means' on the same tasks (paired bootstrap "
+             "95% interval over tasks); under shift: conditions (corruption x severity) where the whole "
+             "interval is below zero (predictive better) or above (worse), and the median difference per severity.",
+             "", "| prediction | in distribution | shift: better / worse / conditions | median shift difference, sev. 1..5 |",
+             "|---|---|---|---|"]
+    for label, row in paired.items():
+        d = row["in_distribution"]["nll_difference"]
+        shifted = [v["nll_difference"] for c in row.get("shift", {}).values() for v in c.values() if "nll_difference" in v]
+        counts = "-"
+        medians = "-"
+        if shifted:
+            better = sum(v["ci95"][1] < 0 for v in shifted)
+            worse = sum(v["ci95"][0] > 0 for v in shifted)
+            counts = f"{better} / {worse} / {len(shifted)}"
+            severities = sorted({s for c in row["shift"].values() for s in c}, key=int)
+            medians = " / ".join(f"{np.median([c[s]['nll_difference']['difference'] for c in row['shift'].values()]):+.4f}"
+                                 for s in severities)
+        lines.append(f"| {label} | {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {counts} "
+                     f"| {medians} |")
+    return lines
 
 
 def plot_shift(rows, ways, severities, path):

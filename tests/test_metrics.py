@@ -123,3 +123,26 @@ def test_summarize_reports_intervals_and_selective_measures():
         assert key in s
     assert s["nll_ci95"][0] <= s["nll"] <= s["nll_ci95"][1]
     assert "nll_ci95" not in metrics.summarize(p, y, intervals=False)
+
+
+def test_paired_nll_difference_is_the_difference_of_the_nlls_with_a_paired_interval():
+    rng = np.random.default_rng(4)
+    # Tasks of very different difficulty: per-task NLL varies a lot, but b is a slightly sharpened a
+    # (sharpened towards the label) on every task, so the difference is small and consistent.
+    labels = rng.integers(0, 5, size=(200, 10))
+    temperature = rng.uniform(0.3, 3.0, size=(200, 1, 1))
+    logits = rng.normal(size=(200, 10, 5)) / temperature
+    a = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    better_logits = logits + 0.05 * np.eye(5)[labels]
+    b = np.exp(better_logits) / np.exp(better_logits).sum(-1, keepdims=True)
+    d = metrics.paired_nll_difference(b, a, labels, seed=0)
+    assert d["difference"] == pytest.approx(metrics.nll(b, labels) - metrics.nll(a, labels))
+    low, high = d["ci95"]
+    assert low <= d["difference"] <= high < 0  # b is better on every task: beyond the noise
+    # Paired: the interval of the difference is far narrower than the NLL's own interval over tasks.
+    # Resampling the two predictions' tasks independently (a planted unpaired bootstrap) would not be.
+    nll_low, nll_high = metrics.bootstrap_intervals(a, labels, seed=0)["nll"]
+    assert high - low < (nll_high - nll_low) / 10
+    same = metrics.paired_nll_difference(a, a, labels)
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    assert metrics.paired_nll_difference(b, a, labels, seed=1) == metrics.paired_nll_difference(b, a, labels, seed=1)

@@ -50,6 +50,18 @@ def test_bayesian_model_reports_mutual_information_and_temperatures_add_scaled_r
     raw, scaled = result["probabilities"]["posterior_predictive"], result["probabilities"]["posterior_predictive_temperature_scaled"]
     assert scaled.max(-1).mean() < raw.max(-1).mean()  # T = 2 softens
     np.testing.assert_array_equal(scaled.argmax(-1), raw.argmax(-1))
+    # The predictive is scored against the posterior means on the same tasks, raw and scaled alike.
+    scores = result["predictions"]
+    difference = scores["posterior_predictive"]["nll_difference"]
+    assert difference["reference"] == "mean_weights"
+    assert difference["difference"] == pytest.approx(
+        scores["posterior_predictive"]["nll"] - scores["mean_weights"]["nll"], abs=1e-5)  # float32 sums apart
+    assert "nll_difference" not in scores["mean_weights"]
+    assert "nll_difference" not in scores["posterior_predictive_temperature_scaled"]  # no scaled mean_weights
+    both = evaluate(model, _sampler(), tasks=4, meta_batch=2, samples=3, progress=False,
+                    temperatures={"posterior_predictive": 2.0, "mean_weights": 2.0})["predictions"]
+    assert both["posterior_predictive_temperature_scaled"]["nll_difference"]["reference"] == \
+        "mean_weights_temperature_scaled"
 
 
 def test_corrupted_tasks_change_the_predictions_but_not_the_labels():
@@ -58,3 +70,26 @@ def test_corrupted_tasks_change_the_predictions_but_not_the_labels():
     shifted = evaluate(model, CorruptedSampler(_sampler(), "contrast", 5), tasks=4, meta_batch=2, progress=False)
     np.testing.assert_array_equal(clean["labels"], shifted["labels"])
     assert not np.allclose(clean["probabilities"]["prediction"], shifted["probabilities"]["prediction"], atol=1e-4)
+
+
+def test_uncertainty_benchmark_counts_the_conditions_where_the_predictive_is_better_beyond_its_interval():
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    from uncertainty import paired_table
+
+    def diff(value, low, high):
+        return {"nll_difference": {"reference": "mean_weights", "difference": value, "ci95": [low, high]}}
+
+    shift = {"blur": {"1": diff(-0.02, -0.03, -0.01), "2": diff(0.01, -0.01, 0.02)},
+             "noise": {"1": diff(0.02, 0.01, 0.03), "2": diff(-0.04, -0.05, -0.03)}}
+    rows = {"abml": {"in_distribution": diff(-0.001, -0.002, 0.0005), "shift": shift},
+            "protonet": {"in_distribution": {"nll": 0.1}}}
+    lines = paired_table(rows)
+    (row,) = [line for line in lines if line.startswith("| abml")]
+    assert "-0.0010 [-0.0020, +0.0005]" in row
+    assert "| 2 / 1 / 4 |" in row  # blur 1 and noise 2 better, noise 1 worse, blur 2 inside the noise
+    assert "+0.0000 / -0.0150" in row  # medians per severity: (-0.02 + 0.02) / 2 and (0.01 - 0.04) / 2
+    assert not any(line.startswith("| protonet") for line in lines)
+    assert paired_table({"protonet": rows["protonet"]}) == []

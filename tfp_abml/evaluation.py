@@ -14,6 +14,11 @@ Two passes over seeded tasks of the evaluation split:
    them from the in-task queries measures how well the model knows what it does not know
    (also one minus the max probability and, for the posterior predictive, mutual information,
    each with its false-positive rate at 95% true-positive rate).
+
+A model's ``paired_predictions`` (``{prediction: reference}``, the Bayesian model's posterior
+predictive against its posterior means) add to the prediction's scores ``nll_difference``: its NLL
+minus the reference's on the same tasks, with a paired bootstrap interval
+(:func:`tfp_abml.metrics.paired_nll_difference`), raw and temperature-scaled alike.
 """
 
 from __future__ import annotations
@@ -106,6 +111,15 @@ def _with_temperatures(probabilities, temperatures):
     return {**probabilities, **scaled}
 
 
+def _pairs(model, probabilities):
+    """(prediction, reference) pairs of ``model.paired_predictions`` present in ``probabilities``,
+    raw with raw and temperature-scaled with temperature-scaled."""
+    for name, reference in getattr(model, "paired_predictions", {}).items():
+        for rename in (lambda n: n, scaled_name):
+            if rename(name) in probabilities and rename(reference) in probabilities:
+                yield rename(name), rename(reference)
+
+
 def evaluate(model, sampler, ood_sampler=None, tasks=600, meta_batch=4, samples=None, progress=True,
              temperatures=None, seed=0):
     """Scores of ``model`` on ``tasks`` tasks of ``sampler``; OOD scores on ``ood_sampler`` (2N ways).
@@ -129,6 +143,10 @@ def evaluate(model, sampler, ood_sampler=None, tasks=600, meta_batch=4, samples=
     result = {"tasks": tasks, "ways": ways, "shots": shots, "queries": sampler.queries,
               "predictions": {name: metrics.summarize(p, labels, seed=seed) for name, p in probabilities.items()},
               "probabilities": probabilities, "mutual_information": information, "labels": labels}
+    for name, reference in _pairs(model, probabilities):
+        result["predictions"][name]["nll_difference"] = {
+            "reference": reference, **metrics.paired_nll_difference(probabilities[name], probabilities[reference],
+                                                                    labels, seed=seed)}
     if ood_sampler is not None:
         if ood_sampler.ways != 2 * ways or ood_sampler.shots != shots:
             raise ValueError("the OOD sampler must draw 2N-way tasks with the same shots")

@@ -15,7 +15,9 @@ All functions take numpy arrays: ``probabilities [..., N]`` (rows sum to 1) and 
   (AURC: the error rate of the ``k`` most confident, averaged over ``k``; lower is better);
 * the false-positive rate at 95% true-positive rate of an out-of-distribution score (Hendrycks &
   Gimpel, 2017): the share of in-distribution queries flagged when 95% of the others are;
-* bootstrap 95% intervals over tasks (the task is the unit that was sampled) of NLL, Brier, ECE.
+* bootstrap 95% intervals over tasks (the task is the unit that was sampled) of NLL, Brier, ECE,
+  and of the NLL difference between two predictions on the same tasks (paired: each resample takes
+  both predictions of the same tasks, so what the tasks share cancels).
 """
 
 from __future__ import annotations
@@ -147,6 +149,27 @@ def bootstrap_intervals(probabilities, labels, resamples=BOOTSTRAP_RESAMPLES, se
     values = {"nll": weights @ log_loss / total, "brier": weights @ squares / total,
               "ece": np.abs(bin_correct - bin_confidence).sum(-1) / bin_counts.sum(-1)}
     return {name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for name, v in values.items()}
+
+
+def task_nll(probabilities, labels):
+    """Mean log-loss of each task's predictions: ``[tasks]`` from ``[tasks, M, N]``."""
+    return _task_statistics(probabilities, labels, 1)[0] / np.prod(labels.shape[1:])
+
+
+def paired_nll_difference(probabilities, reference, labels, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """NLL of ``probabilities`` minus NLL of ``reference`` on the same ``[tasks, M, N]`` tasks, with
+    the percentile bootstrap 95% interval of that difference over tasks (both predictions of a task
+    resampled together). Negative: ``probabilities`` is better; better beyond the noise of the task
+    sample when the whole interval is below zero.
+
+    Returns ``{"difference", "ci95": [low, high]}``.
+    """
+    per_task = task_nll(probabilities, labels) - task_nll(reference, labels)
+    tasks = per_task.shape[0]
+    weights = np.random.default_rng(seed).multinomial(tasks, np.full(tasks, 1.0 / tasks), size=resamples)
+    resampled = weights @ per_task / tasks
+    return {"difference": float(per_task.mean()),
+            "ci95": [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))]}
 
 
 def summarize(probabilities, labels, intervals=True, seed=0):

@@ -277,6 +277,9 @@ class AmortizedBNN(EpisodicModel):
         return self.predictive(params, query_embeddings, self.eval_samples)
 
     served_prediction = "posterior_predictive"
+    # What the weight uncertainty buys: the predictive is scored against the posterior means' prediction
+    # on the same tasks (tfp_abml.evaluation: "nll_difference", with a paired interval).
+    paired_predictions = {"posterior_predictive": "mean_weights"}
 
     @property
     def serves_any_ways(self):

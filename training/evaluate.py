@@ -128,7 +128,8 @@ def _check_folder_classes(run_dir, args):
 
 
 def format_table(result):
-    """Accuracy, NLL, Brier, ECE, AURC and OOD AUROC (entropy; mutual information where there are draws)."""
+    """Accuracy, NLL, Brier, ECE, AURC and OOD AUROC (entropy; mutual information where there are draws);
+    then each paired NLL difference (the posterior predictive against the posterior means)."""
     lines = [f"{'prediction':36s} {'accuracy':>16s} {'NLL':>7s} {'Brier':>7s} {'ECE':>7s} {'AURC':>7s} "
              f"{'OOD AUROC':>10s} {'(MI)':>6s}"]
     for name, s in result["predictions"].items():
@@ -138,6 +139,11 @@ def format_table(result):
         lines.append(f"{name:36s} {100 * s['accuracy']:7.2f} +- {100 * s['accuracy_ci95']:5.2f}% "
                      f"{s['nll']:7.3f} {s['brier']:7.3f} {100 * s['ece']:6.2f}% {s['aurc']:7.4f} {ood:>10s} "
                      f"{information:>6s}")
+    for name, s in result["predictions"].items():
+        if "nll_difference" in s:
+            d = s["nll_difference"]
+            lines.append(f"{name} minus {d['reference']}: NLL {d['difference']:+.4f} "
+                         f"(paired 95% interval over tasks [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}])")
     return "\n".join(lines)
 
 
