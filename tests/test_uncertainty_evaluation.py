@@ -93,3 +93,27 @@ def test_uncertainty_benchmark_counts_the_conditions_where_the_predictive_is_bet
     assert "+0.0000 / -0.0150" in row  # medians per severity: (-0.02 + 0.02) / 2 and (0.01 - 0.04) / 2
     assert not any(line.startswith("| protonet") for line in lines)
     assert paired_table({"protonet": rows["protonet"]}) == []
+
+
+def test_test_time_benchmark_widens_every_posterior_scale_and_width_near_zero_gives_the_means():
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    from test_time import predictions, widened
+
+    from tfp_abml.flipout import scale_from_rho
+
+    (model,) = _models("abml", 1)
+    inputs, _ = next(iter(episode_dataset(_sampler(), 2)))
+    params, _ = model.adapt_and_embed_queries(inputs)
+    for layer, wide in zip(params, widened(params, 3.0)):
+        np.testing.assert_allclose(wide.kernel_loc.numpy(), layer.kernel_loc.numpy())
+        np.testing.assert_allclose(scale_from_rho(wide.kernel_rho).numpy(), 3.0 * scale_from_rho(layer.kernel_rho).numpy(),
+                                   rtol=1e-3)
+        np.testing.assert_allclose(scale_from_rho(wide.bias_rho).numpy(), 3.0 * scale_from_rho(layer.bias_rho).numpy(),
+                                   rtol=1e-3)
+    out = predictions(model, [0.001, 50.0], samples=4)(inputs)  # 0.001: every scale at its floor
+    assert set(out) == {"means", "predictive x0.001", "predictive x50"}
+    np.testing.assert_allclose(out["predictive x0.001"].numpy(), out["means"].numpy(), atol=1e-3)
+    assert np.abs(out["predictive x50"].numpy() - out["means"].numpy()).max() > 1e-2

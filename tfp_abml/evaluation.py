@@ -34,7 +34,9 @@ from tfp_abml import metrics
 EVALUATION_SEED_OFFSET = 2_000_003
 
 
-def _batches(sampler, tasks, meta_batch):
+def episode_batches(sampler, tasks, meta_batch):
+    """``(inputs, query_labels)`` meta-batches of ``sampler`` covering ``tasks`` tasks (the last one
+    filled up with further tasks: callers keep the first ``tasks``)."""
     from tfp_abml.data import episode_dataset
 
     return episode_dataset(sampler, meta_batch, episodes=-(-tasks // meta_batch) * meta_batch)
@@ -84,7 +86,7 @@ def _predict(model, sampler, tasks, meta_batch, samples, transform, progress):
     that are means of posterior draws, and the query labels."""
     predict = _prediction_function(model, samples)
     outputs, information, labels = {}, {}, []
-    for inputs, query_labels in _batches(sampler, tasks, meta_batch):
+    for inputs, query_labels in episode_batches(sampler, tasks, meta_batch):
         inputs, query_labels = transform(inputs, query_labels)
         predictions, draws = predict(inputs)
         for name, probabilities in predictions.items():
