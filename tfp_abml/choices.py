@@ -9,6 +9,7 @@ JIT_MODES = ("auto", "on", "off")
 TASK_LOOPS = ("auto", "unrolled", "map_fn", "sequential")  # maml/metasgd: how a meta-batch's tasks are adapted
 METHODS = ("abml", "protonet", "maml", "metasgd", "matching")
 MAML_METHODS = ("maml", "metasgd")  # adapt the whole network per task; --task-loop applies to them
+INNER_LOOP_METHODS = ("abml", *MAML_METHODS)  # adapt by inner SGD steps: --eval-inner-steps applies to them
 POSTERIORS = ("paper", "aligned")  # checked by RunConfig without importing TensorFlow; tfp_abml.model builds them
 PRIORS = ("standard", "learned")  # abml's weight prior: N(0, I) or meta-learned (tfp_abml.prior)
 TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS

@@ -12,7 +12,7 @@ import pathlib
 
 from tfp_abml.calibration import CALIBRATION_FILE
 from tfp_abml.checkpointing import BEST_RECORD, BEST_WEIGHTS, FINAL_WEIGHTS, read_json
-from tfp_abml.choices import WEIGHT_CHOICES
+from tfp_abml.choices import INNER_LOOP_METHODS, WEIGHT_CHOICES
 from tfp_abml.errors import UserInputError
 from tfp_abml.run_config import RunConfig
 
@@ -39,7 +39,8 @@ def load_run(run_dir, weights="best", **overrides):
     has one; otherwise, and for ``"last"``, the newest weights: ``model.weights.h5`` of a finished
     run if no checkpoint is newer, else the latest checkpoint. ``model.loaded_weights`` says which.
     ``overrides`` replace config settings (e.g. ``shots`` or ``data_dir``) before the model is
-    built; settings that change the model's shape must match the trained one. ``ways`` may
+    built; settings that change the model's shape must match the trained one (``eval_inner_steps``,
+    the inner steps at prediction, applies to the methods with an inner loop). ``ways`` may
     change for models whose weights serve any N (``RunConfig.ways_agnostic``).
     ``model.temperatures`` holds the run's fitted temperatures (``calibration.json``) when they were
     fitted to the weights loaded; otherwise it is empty.
@@ -52,6 +53,9 @@ def load_run(run_dir, weights="best", **overrides):
     if not (run_dir / "config.json").is_file():
         raise UserInputError(f"{run_dir} is not a training run (no config.json): pass the --output of training.fit")
     config = RunConfig.load(run_dir / "config.json")
+    if overrides.get("eval_inner_steps") is not None and config.method not in INNER_LOOP_METHODS:
+        raise UserInputError(f"--eval-inner-steps applies to methods with an inner loop ({', '.join(INNER_LOOP_METHODS)}); "
+                             f"{run_dir} is a {config.method} run")
     trained_ways = config.resolved_train_ways
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
     if config.ways != trained_ways and not config.ways_agnostic:

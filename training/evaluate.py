@@ -38,6 +38,9 @@ def build_parser():
                    help="best: the best validation epoch's weights (best.weights.h5) where the run has them; "
                         "last: the newest (a finished run's model.weights.h5, else the latest checkpoint)")
     p.add_argument("--shots", type=int, default=None, help="override the run's shots")
+    p.add_argument("--eval-inner-steps", type=int, default=None,
+                   help="inner SGD steps at prediction instead of the run's (abml, maml, metasgd; 0: none); "
+                        "benchmarks/test_time.py measures the choice on validation tasks")
     p.add_argument("--queries", type=int, default=None, help="override the run's queries per class")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation tasks")
@@ -68,7 +71,7 @@ def run(args):
         check_writable(run_dir, "--run")  # eval_<split>.json and the plot go there
         _check_folder_classes(run_dir, args)
     config, model = load_run(run_dir, weights=args.weights, ways=args.ways, shots=args.shots, queries=args.queries,
-                             data_dir=args.data_dir)
+                             data_dir=args.data_dir, eval_inner_steps=args.eval_inner_steps)
     if args.verbose:
         print(f"evaluating {run_dir} with the weights of {model.loaded_weights}", flush=True)
     if args.calibrate:
@@ -90,6 +93,7 @@ def run(args):
                   temperatures=getattr(model, "temperatures", {}),
                   ways=config.ways, shots=config.shots, queries=config.queries, weights=model.loaded_weights,
                   samples=args.samples or getattr(model, "eval_samples", None),
+                  eval_inner_steps=getattr(model, "eval_inner_steps", None),
                   confidence_interval="95%: 1.96 x std over tasks / sqrt(tasks)")
     write_json_atomic(run_dir / f"eval_{suffix}.json", result)
     figure = run_dir / f"reliability_{suffix}.png"

@@ -24,6 +24,9 @@ def build_parser():
     p.add_argument("--samples", type=int, default=None,
                    help="posterior samples baked into the signature (Bayesian model); default the run's")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    p.add_argument("--eval-inner-steps", type=int, default=None,
+                   help="inner SGD steps at prediction instead of the run's (abml, maml, metasgd; 0: none); "
+                        "benchmarks/test_time.py measures the choice on validation tasks")
     p.add_argument("--ways", type=int, default=None,
                    help="serve exactly this many classes per request; without it a model whose weights serve any "
                         "N (protonet, matching, abml --posterior aligned --task-encoding pool) takes N from each "
@@ -55,7 +58,8 @@ def run(argv):
         raise UserInputError(f"--calibration-tasks must be >= 1, got {args.calibration_tasks}")
     if args.max_ways is not None and args.max_ways < 2:
         raise UserInputError(f"--max-ways must be >= 2, got {args.max_ways}")
-    config, model = load_run(args.run, weights=args.weights, ways=args.ways, data_dir=args.data_dir)
+    config, model = load_run(args.run, weights=args.weights, ways=args.ways, data_dir=args.data_dir,
+                             eval_inner_steps=args.eval_inner_steps)
     if args.samples is not None and hasattr(model, "eval_samples"):
         model.eval_samples = args.samples
     if args.calibrate:

@@ -37,6 +37,20 @@ def test_evaluate_writes_scores_with_intervals_and_a_diagram(method, tmp_path, d
     assert result["command"] == (f"python -m training.evaluate --run {run} --tasks 24 --samples 4 --verbose 0 "
                                  "--calibrate --calibration-tasks 8")
     assert "accuracy" in capsys.readouterr().out
+    # Inner steps at prediction other than the run's: abml without its inner loop; an error for protonet.
+    args = ["--run", str(run), "--tasks", "8", "--samples", "2", "--verbose", "0", "--no-ood", "--eval-inner-steps"]
+    if method == "abml":
+        assert result["eval_inner_steps"] == 5
+        scores = {}
+        for steps in ("5", "0"):
+            assert evaluate.main([*args, steps]) == 0
+            scores[steps] = json.loads((run / "eval_test.json").read_text())
+            assert scores[steps]["eval_inner_steps"] == int(steps)
+        assert scores["0"]["predictions"]["mean_weights"]["nll"] != \
+            pytest.approx(scores["5"]["predictions"]["mean_weights"]["nll"], rel=1e-4)
+    else:
+        assert evaluate.main([*args, "1"]) == 2
+        assert "--eval-inner-steps applies to methods with an inner loop" in capsys.readouterr().err
     # The same tasks under a corruption: their own file, other scores.
     assert evaluate.main(["--run", str(run), "--tasks", "8", "--samples", "2", "--verbose", "0", "--no-ood",
                           "--corruption", "gaussian_noise", "--severity", "5"]) == 0

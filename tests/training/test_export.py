@@ -101,6 +101,8 @@ def test_max_ways_errors(protonet_run, tmp_path, capsys):
     assert export.main(["--run", str(protonet_run), "--output", str(tmp_path / "b"), "--ways", "5",
                         "--max-ways", "9"]) == 2
     assert "serves 5-way tasks only" in capsys.readouterr().err
+    assert export.main(["--run", str(protonet_run), "--output", str(tmp_path / "c"), "--eval-inner-steps", "0"]) == 2
+    assert "--eval-inner-steps applies to methods with an inner loop" in capsys.readouterr().err
 
 
 def test_a_calibrated_run_serves_its_temperature_scaled_prediction(protonet_run, data_dir, tmp_path):
@@ -175,3 +177,13 @@ def test_bayesian_model_exports_its_posterior_predictive(tmp_path, data_dir):
     expected = model.predict_episode({k: v[None] for k, v in three.items()})[0].numpy()
     assert served.shape == (15, 3)
     np.testing.assert_allclose(served, expected, atol=1e-5)
+    # --eval-inner-steps 0: the SavedModel serves the posterior without the inner loop, as the Keras
+    # model loaded with the same setting does; with 1 training epoch that differs from the default.
+    out = tmp_path / "savedmodel-no-inner-loop" / "1"
+    assert export.main(["--run", str(run), "--output", str(out), "--samples", "3", "--eval-inner-steps", "0"]) == 0
+    unadapted = tf.saved_model.load(str(out)).signatures["serving_default"](**three)["probabilities"].numpy()
+    _, model = load_run(run, ways=3, eval_inner_steps=0)
+    model.eval_samples = 3
+    np.testing.assert_allclose(unadapted, model.predict_episode({k: v[None] for k, v in three.items()})[0].numpy(),
+                               atol=1e-5)
+    assert not np.allclose(unadapted, served, atol=1e-4)
