@@ -179,7 +179,7 @@ def plot_shift(rows, ways, severities, path):
             data = [[scale * row["shift"][c][str(s)][measure] for c in row["shift"]] for s in severities]
             positions = [s + (i - (len(shifted) - 1) / 2) * width for s in severities]
             boxes = axis.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, manage_ticks=False)
-            colour = plt.cm.tab10(i)
+            colour = (plt.cm.tab10 if len(shifted) <= 10 else plt.cm.tab20)(i)
             for box in boxes["boxes"]:
                 box.set_facecolor(colour)
             axis.plot([], [], color=colour, linewidth=8, label=label)
@@ -223,6 +223,21 @@ def plot_examples(data_dir, path):
     plt.close(figure)
 
 
+def replot(path):
+    """The shift plots of a results file, from its numbers (``--replot``)."""
+    import json
+
+    record = json.loads(path.read_text())
+    for setting, rows in record["results"].items():
+        ways = int(setting.split("-way")[0])
+        shifted = [row for row in rows.values() if "shift" in row]
+        if shifted:
+            severities = sorted({int(s) for c in shifted[0]["shift"].values() for s in c})
+            out = path.with_name(f"{path.stem}_{ways}way_shift.png")
+            plot_shift(rows, ways, severities, out)
+            print(f"wrote {out}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True)
@@ -241,7 +256,11 @@ def main(argv=None):
                    help="queries per class of every task (default: the first run's own --queries; "
                         "benchmarks/protocol.py evaluates with 15)")
     p.add_argument("--tag", default="")
+    p.add_argument("--replot", default=None, metavar="JSON",
+                   help="only redraw the shift plots of a results file this script wrote (nothing is evaluated)")
     args = p.parse_args(argv)
+    if args.replot:
+        return replot(pathlib.Path(args.replot))
     models = [(name, [path]) for name, path in args.run] + [(name, paths.split(",")) for name, paths in args.ensemble]
     if not models:
         p.error("give at least one --run NAME=DIR or --ensemble NAME=DIR,DIR")
