@@ -117,3 +117,21 @@ def test_test_time_benchmark_widens_every_posterior_scale_and_width_near_zero_gi
     assert set(out) == {"means", "predictive x0.001", "predictive x50"}
     np.testing.assert_allclose(out["predictive x0.001"].numpy(), out["means"].numpy(), atol=1e-3)
     assert np.abs(out["predictive x50"].numpy() - out["means"].numpy()).max() > 1e-2
+
+
+def test_uncertainty_benchmark_redraws_its_shift_plot_from_a_results_file(tmp_path):
+    import json
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import uncertainty
+
+    cell = {"accuracy": 0.9, "nll": 0.3, "ece": 0.02, "mean_confidence": 0.9}
+    row = {"in_distribution": {}, "shift": {c: {"1": cell, "2": cell} for c in ("blur", "noise")}}
+    results = tmp_path / "uncertainty_omniglot_1shot-x.json"
+    results.write_text(json.dumps({"results": {"5-way 1-shot": {f"model{i}": row for i in range(12)},
+                                               "20-way 1-shot": {"model0": {"in_distribution": {}}}}}))
+    assert uncertainty.main(["--data-dir", "unused", "--replot", str(results)]) is None
+    assert (tmp_path / "uncertainty_omniglot_1shot-x_5way_shift.png").stat().st_size > 1000
+    assert not (tmp_path / "uncertainty_omniglot_1shot-x_20way_shift.png").exists()  # no shift rows at 20-way
