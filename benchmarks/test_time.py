@@ -76,14 +76,13 @@ def measure(model, config, steps, widths, tasks, samples, seed):
             outputs.setdefault(name, []).append(probabilities.numpy())
         labels.append(query_labels.numpy())
     labels = np.concatenate(labels)[:tasks]
+    probabilities = {name: np.concatenate(batches)[:tasks] for name, batches in outputs.items()}
     scores = {}
-    for name, batches in outputs.items():
-        p = np.concatenate(batches)[:tasks]
+    for name, p in probabilities.items():
         scores[name] = {"accuracy": float((p.argmax(-1) == labels).mean()), "nll": metrics.nll(p, labels),
                         "ece": metrics.expected_calibration_error(p, labels)}
         if name != "means":
-            means = np.concatenate(outputs["means"])[:tasks]
-            scores[name]["nll_difference"] = metrics.paired_nll_difference(p, means, labels, seed=seed)
+            scores[name]["nll_difference"] = metrics.paired_nll_difference(p, probabilities["means"], labels, seed=seed)
     return scores
 
 
