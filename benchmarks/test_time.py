@@ -6,7 +6,9 @@
 Two knobs a user could turn after training without retraining, each scored on seeded validation
 tasks (never test tasks, so that what is picked here may be used at test):
 
-* ``--inner-steps``: inner SGD steps at prediction (``eval_inner_steps``; training used the run's);
+* ``--inner-steps``: inner SGD steps at prediction (``eval_inner_steps``; training used the run's), with
+  the support cross-entropy of the adapted posterior means, which tells how much the inner loop has
+  left to fit (``--shots`` changes the shot count of the tasks);
 * ``--widths``: every scale of the adapted posterior multiplied by ``w`` before the posterior
   predictive draws (``w = 1``: the posterior as learned; ``w -> 0``: the posterior means). A
   wider posterior softens the predictions where the logits depend most on the weights -- an
@@ -48,13 +50,24 @@ def widened(params, width):
 
 
 def predictions(model, widths, samples):
-    """A traced function of a task batch: the posterior means' probabilities and the predictive's at each width."""
+    """A traced function of a task batch: the posterior means' probabilities and the predictive's at each
+    width, and ``"support nll"`` ``[T]``, each task's support cross-entropy under the adapted means (the inner
+    loop's objective, without its noise: what is left for the inner steps to fit)."""
     import tensorflow as tf
+
+    from tfp_abml.episodic import split_support_query
 
     @tf.function
     def predict(inputs):
-        params, queries = model.adapt_and_embed_queries(inputs, training=False)
-        out = {"means": tf.nn.softmax(model.head(queries, params, mean_only=True))}
+        # adapt_and_embed_queries, keeping the support embeddings.
+        embeddings = model.embed(tf.concat([inputs["support_images"], inputs["query_images"]], axis=1), False)
+        support, queries = split_support_query(embeddings, inputs)
+        support_labels = tf.cast(inputs["support_labels"], tf.int32)
+        params = model.adapted_posterior(support, support_labels, model.eval_inner_steps)
+        support_logits = model.head(support, params, mean_only=True)
+        out = {"support nll": tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                   labels=support_labels, logits=support_logits), axis=-1),
+               "means": tf.nn.softmax(model.head(queries, params, mean_only=True))}
         for width in widths:
             out[f"predictive x{width:g}"] = model.predictive(widened(params, width), queries, samples)
         return out
@@ -77,7 +90,7 @@ def measure(model, config, steps, widths, tasks, samples, seed):
         labels.append(query_labels.numpy())
     labels = np.concatenate(labels)[:tasks]
     probabilities = {name: np.concatenate(batches)[:tasks] for name, batches in outputs.items()}
-    scores = {}
+    scores = {"support nll": float(probabilities.pop("support nll").mean())}
     for name, p in probabilities.items():
         scores[name] = {"accuracy": float((p.argmax(-1) == labels).mean()), "nll": metrics.nll(p, labels),
                         "ece": metrics.expected_calibration_error(p, labels)}
@@ -92,6 +105,7 @@ def main(argv=None):
     p.add_argument("--run", required=True, help="a trained abml run folder")
     p.add_argument("--ways", type=int, nargs="+", default=[5, 20])
     p.add_argument("--tasks", type=int, default=300, help="validation tasks per setting")
+    p.add_argument("--shots", type=int, default=None, help="default: the run's own")
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--inner-steps", type=int, nargs="+", default=None, help="default: the run's own")
     p.add_argument("--widths", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0])
@@ -105,7 +119,8 @@ def main(argv=None):
     began = time.perf_counter()
     results = {}
     for ways in args.ways:
-        config, model = load_run(args.run, ways=ways, data_dir=args.data_dir, queries=args.queries)
+        config, model = load_run(args.run, ways=ways, shots=args.shots, data_dir=args.data_dir,
+                                 queries=args.queries)
         if not hasattr(model, "adapt_and_embed_queries"):
             p.error(f"{args.run} is a {config.method} run: test_time.py measures the Bayesian learner (abml)")
         for steps in args.inner_steps or [model.inner_steps]:
@@ -113,7 +128,10 @@ def main(argv=None):
             scores = measure(model, config, steps, args.widths, args.tasks, args.samples, args.seed)
             results.setdefault(f"{ways}-way {config.shots}-shot", {})[f"{steps} inner steps"] = scores
             print(f"{ways}-way, {steps} inner steps ({time.perf_counter() - started:.0f} s):", flush=True)
+            print(f"  support NLL of the adapted means {scores['support nll']:.2e}", flush=True)
             for name, s in scores.items():
+                if name == "support nll":
+                    continue
                 d = s.get("nll_difference")
                 gap = f"  minus means {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d else ""
                 print(f"  {name:16s} accuracy {100 * s['accuracy']:.2f}%  NLL {s['nll']:.4f}  "

@@ -114,7 +114,10 @@ def test_test_time_benchmark_widens_every_posterior_scale_and_width_near_zero_gi
         np.testing.assert_allclose(scale_from_rho(wide.bias_rho).numpy(), 3.0 * scale_from_rho(layer.bias_rho).numpy(),
                                    rtol=1e-3)
     out = predictions(model, [0.001, 50.0], samples=4)(inputs)  # 0.001: every scale at its floor
-    assert set(out) == {"means", "predictive x0.001", "predictive x50"}
+    assert set(out) == {"support nll", "means", "predictive x0.001", "predictive x50"}
+    assert out["support nll"].shape == (2,)
+    model.eval_inner_steps = 0  # the amortized posterior alone: the inner steps above lowered its support loss
+    assert np.all(predictions(model, [1.0], samples=1)(inputs)["support nll"].numpy() > out["support nll"].numpy())
     np.testing.assert_allclose(out["predictive x0.001"].numpy(), out["means"].numpy(), atol=1e-3)
     assert np.abs(out["predictive x50"].numpy() - out["means"].numpy()).max() > 1e-2
 
