@@ -278,6 +278,11 @@ def print_report(result):
         for count, d in s.get("draws", {}).items():
             print(f"  {count:>3s} draws: serving p50 {d['p50_ms']:.1f} ms, p95 {d['p95_ms']:.1f} ms; evaluation "
                   f"{d['evaluation_ms_per_task_p50']:.1f} ms per task")
+        w = s.get("without_inner_loop")
+        if w:
+            ratio = f" ({w['p50_over_inner_loop']:.2f}x the p50 with {w['trained_inner_steps']})" \
+                if "p50_over_inner_loop" in w else ""
+            print(f"  {w['draws']:>3d} draws, 0 inner steps: serving p50 {w['p50_ms']:.1f} ms, p95 {w['p95_ms']:.1f} ms{ratio}")
         print()
     print("Targets")
     for check in result["targets"]:

@@ -316,8 +316,9 @@ def torch_peer(settings, block_seconds, repeats):
 
 def serving_latency(settings, train_steps, calls, warmup, folder, draws=(1, 10, 50), eval_tasks=8):
     """p50/p95 of ``serving_default`` calls on exports of one model fresh from a tiny training run,
-    one export per posterior draw count in ``draws``, called in turn (interleaved, so that every
-    count sees the same machine); and evaluation time per task at each draw count
+    one export per posterior draw count in ``draws``, and one more at the default draw count without
+    the inner loop (``--eval-inner-steps 0``), called in turn (interleaved, so that every export
+    sees the same machine); and evaluation time per task at each draw count
     (``evaluation_predictions`` on ``eval_tasks``-task meta-batches, interleaved too).
 
     The first count's figures are also the top-level ``p50_ms`` etc. (the serving target)."""
@@ -340,6 +341,12 @@ def serving_latency(settings, train_steps, calls, warmup, folder, draws=(1, 10, 
         model.eval_samples = count
         path = export_saved_model(model, config.resolved_image_size, os.path.join(folder, f"draws{count}", "1"))
         servers[count] = tf.saved_model.load(str(path)).signatures["serving_default"]
+    # The same model served without its inner loop, at the default draw count.
+    default_draws, inner_steps = config.eval_samples, model.eval_inner_steps
+    model.eval_samples, model.eval_inner_steps = default_draws, 0
+    path = export_saved_model(model, config.resolved_image_size, os.path.join(folder, "inner0", "1"))
+    servers["inner0"] = tf.saved_model.load(str(path)).signatures["serving_default"]
+    model.eval_inner_steps = inner_steps
     support, labels, query, _ = config.sampler("test").sample(0)
     as_float = lambda x: tf.constant((x[..., None] if x.ndim == 3 else x) / 255.0, tf.float32)
     request = {"support_images": as_float(support), "support_labels": tf.constant(labels, tf.int32),
@@ -347,9 +354,9 @@ def serving_latency(settings, train_steps, calls, warmup, folder, draws=(1, 10, 
     for _ in range(warmup):
         for serve in servers.values():
             serve(**request)["probabilities"].numpy()
-    latencies = {count: [] for count in draws}
+    latencies = {count: [] for count in servers}
     for call in range(calls):
-        order = list(draws) if call % 2 == 0 else list(reversed(draws))
+        order = list(servers) if call % 2 == 0 else list(reversed(servers))
         for count in order:
             start = time.perf_counter()
             servers[count](**request)["probabilities"].numpy()
@@ -373,7 +380,14 @@ def serving_latency(settings, train_steps, calls, warmup, folder, draws=(1, 10, 
         by_draws[str(count)] = {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
                                 "mean_ms": float(ms.mean()), "evaluation_ms_per_task_p50": float(np.median(per_task))}
     first = by_draws[str(draws[0])]
+    ms = 1000.0 * np.asarray(latencies["inner0"])
+    without_inner_loop = {"draws": default_draws, "inner_steps": 0, "trained_inner_steps": inner_steps,
+                          "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+                          "mean_ms": float(ms.mean())}
+    if str(default_draws) in by_draws:  # served in the same interleaved calls: a ratio of one run
+        without_inner_loop["p50_over_inner_loop"] = without_inner_loop["p50_ms"] / by_draws[str(default_draws)]["p50_ms"]
     return {"settings": settings, "support_images": int(support.shape[0]), "query_images": int(query.shape[0]),
             "calls": calls, "warmup_calls": warmup, "train_steps": train_steps, "draws": by_draws,
+            "without_inner_loop": without_inner_loop,
             "evaluation_tasks_per_batch": eval_tasks, "p50_ms": first["p50_ms"], "p95_ms": first["p95_ms"],
             "mean_ms": first["mean_ms"]}

@@ -303,3 +303,18 @@ def test_a_training_group_that_fails_with_an_error_stops_the_run(tmp_path, data_
     assert str(tmp_path / "nothing") in result.stderr  # the child's own error names the missing folder
     saved = json.loads(output.read_text())
     assert saved["complete"] is False and saved["training"] == []
+
+
+def test_serving_latency_serves_every_draw_count_and_the_model_without_its_inner_loop(tmp_path, data_dir):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speed_cases
+
+    settings = {"ways": 3, "shots": 1, "queries": 2, "data_dir": str(data_dir), "image_size": 28}
+    result = speed_cases.serving_latency(settings, train_steps=1, calls=2, warmup=1, folder=str(tmp_path),
+                                         draws=(10,), eval_tasks=2)
+    assert set(result["draws"]) == {"10"} and result["p50_ms"] == result["draws"]["10"]["p50_ms"]
+    without = result["without_inner_loop"]
+    assert (without["draws"], without["inner_steps"], without["trained_inner_steps"]) == (10, 0, 5)
+    assert without["p50_ms"] > 0 and without["p50_over_inner_loop"] > 0
+    # The exports differ only in what was asked: draws, and inner steps in the last one.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["draws10", "inner0"]
