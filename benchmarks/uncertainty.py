@@ -19,6 +19,10 @@ same seeded test tasks for every model:
   accuracy, NLL, ECE and mean confidence, and per severity the median ECE over corruptions.
 
 ``--ensemble NAME=DIR,DIR,...`` adds a deep ensemble of trained runs (probabilities averaged).
+``--eval-inner-steps NAME=K`` predicts with ``K`` inner steps for the run named ``NAME`` (a run
+may be given twice under two names, to compare it with and without its inner loop on the same
+tasks: under shift the support images are corrupted too, so what the inner loop has to fit
+changes).
 Writes ``benchmarks/results/uncertainty_omniglot_1shot[-TAG].json`` and ``.md`` (the tables),
 ``..._<N>way_shift.png`` (ECE and accuracy across corruptions against severity, one box per model)
 and ``omniglot_c_examples.png`` (one character under every corruption and severity).
@@ -59,11 +63,19 @@ def row_names(model_name, served, names):
     return labels
 
 
-def load(name, paths, ways, data_dir, samples, queries=None):
+def named_steps(text):
+    name, path = named_path(text)
+    if not path.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=K with K a whole number of inner steps, got {text!r}")
+    return name, int(path)
+
+
+def load(name, paths, ways, data_dir, samples, queries=None, eval_inner_steps=None):
     from tfp_abml.evaluation import Ensemble
     from tfp_abml.runs import load_run
 
-    loaded = [load_run(path, ways=ways, data_dir=data_dir, queries=queries) for path in paths]
+    loaded = [load_run(path, ways=ways, data_dir=data_dir, queries=queries, eval_inner_steps=eval_inner_steps)
+              for path in paths]
     config = loaded[0][0]
     model = loaded[0][1] if len(loaded) == 1 else Ensemble([m for _, m in loaded])
     if samples is not None and hasattr(model, "eval_samples"):
@@ -77,7 +89,8 @@ def measure_model(name, paths, ways, args, log):
     from tfp_abml.data.corruptions import CORRUPTIONS
     from tfp_abml.evaluation import evaluate, fit_temperatures, task_sampler
 
-    config, model, weights = load(name, paths, ways, args.data_dir, args.samples, args.queries)
+    config, model, weights = load(name, paths, ways, args.data_dir, args.samples, args.queries,
+                                  dict(args.eval_inner_steps).get(name))
     started = time.perf_counter()
     temperatures = fit_temperatures(config, model, args.calibration_tasks, args.seed, progress=False)["temperatures"]
     log(f"{name} {ways}-way: temperatures {', '.join(f'{n} {t:.3f}' for n, t in temperatures.items())} "
@@ -106,7 +119,7 @@ def measure_model(name, paths, ways, args, log):
             row["shift_median_ece"] = {str(s): float(np.median([row["shift"][c][str(s)]["ece"] for c in row["shift"]]))
                                        for s in args.severities}
     meta = {"runs": [str(p) for p in paths], "weights": weights, "temperatures": temperatures,
-            "samples": getattr(model, "eval_samples", None)}
+            "samples": getattr(model, "eval_samples", None), "eval_inner_steps": getattr(model, "eval_inner_steps", None)}
     return {label: dict(row, model=meta) for label, row in rows.items()}
 
 
@@ -243,6 +256,8 @@ def main(argv=None):
     p.add_argument("--data-dir", required=True)
     p.add_argument("--run", type=named_path, action="append", default=[], metavar="NAME=DIR")
     p.add_argument("--ensemble", type=named_path, action="append", default=[], metavar="NAME=DIR,DIR,...")
+    p.add_argument("--eval-inner-steps", type=named_steps, action="append", default=[], metavar="NAME=K",
+                   help="inner steps at prediction for the --run NAME (abml, maml, metasgd; default: the run's own)")
     p.add_argument("--ways", type=int, nargs="+", default=[5, 20])
     p.add_argument("--tasks", type=int, default=600)
     p.add_argument("--calibration-tasks", type=int, default=300)
@@ -264,6 +279,9 @@ def main(argv=None):
     models = [(name, [path]) for name, path in args.run] + [(name, paths.split(",")) for name, paths in args.ensemble]
     if not models:
         p.error("give at least one --run NAME=DIR or --ensemble NAME=DIR,DIR")
+    unknown = sorted({name for name, _ in args.eval_inner_steps} - {name for name, _ in args.run})
+    if unknown:
+        p.error(f"--eval-inner-steps names no --run: {', '.join(unknown)}")
     from tfp_abml.checkpointing import write_json_atomic
 
     suffix = f"-{args.tag}" if args.tag else ""

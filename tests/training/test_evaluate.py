@@ -8,7 +8,7 @@ from training import evaluate, fit
 
 
 @pytest.mark.parametrize("method", ["abml", "protonet"])
-def test_evaluate_writes_scores_with_intervals_and_a_diagram(method, tmp_path, data_dir, capsys):
+def test_evaluate_writes_scores_with_intervals_and_a_diagram(method, tmp_path, data_dir, capsys, monkeypatch):
     run = tmp_path / method
     assert fit.main(["--method", method, "--data-dir", str(data_dir), "--ways", "5", "--shots", "1",
                      "--queries", "5", "--steps-per-epoch", "20", "--epochs", "1", "--val-tasks", "0",
@@ -48,6 +48,7 @@ def test_evaluate_writes_scores_with_intervals_and_a_diagram(method, tmp_path, d
             assert scores[steps]["eval_inner_steps"] == int(steps)
         assert scores["0"]["predictions"]["mean_weights"]["nll"] != \
             pytest.approx(scores["5"]["predictions"]["mean_weights"]["nll"], rel=1e-4)
+        _uncertainty_benchmark_with_and_without_the_inner_loop(run, tmp_path, monkeypatch, capsys)
     else:
         assert evaluate.main([*args, "1"]) == 2
         assert "--eval-inner-steps applies to methods with an inner loop" in capsys.readouterr().err
@@ -70,3 +71,25 @@ def test_bad_corruption_and_calibration_flags(tmp_path, capsys):
     assert "invalid choice: 'fog'" in capsys.readouterr().err
     assert evaluate.main(["--run", str(tmp_path), "--calibrate", "--calibration-tasks", "0"]) == 2
     assert "--calibration-tasks must be >= 1" in capsys.readouterr().err
+
+
+def _uncertainty_benchmark_with_and_without_the_inner_loop(run, tmp_path, monkeypatch, capsys):
+    """benchmarks/uncertainty.py --eval-inner-steps: one run under two names, on the same tasks."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import uncertainty
+
+    monkeypatch.setattr(uncertainty, "RESULTS", tmp_path)
+    common = ["--data-dir", json.loads((run / "config.json").read_text())["data_dir"], "--run", f"a={run}"]
+    with pytest.raises(SystemExit):
+        uncertainty.main([*common, "--eval-inner-steps", "b=0"])
+    assert "--eval-inner-steps names no --run: b" in capsys.readouterr().err
+    uncertainty.main([*common, "--run", f"b={run}", "--eval-inner-steps", "b=0", "--ways", "5", "--tasks", "4",
+                      "--calibration-tasks", "4", "--corruption-ways", "0", "--samples", "2", "--tag", "t"])
+    rows = json.loads((tmp_path / "uncertainty_omniglot_1shot-t.json").read_text())["results"]["5-way 1-shot"]
+    assert rows["a"]["model"]["eval_inner_steps"] == 5 and rows["b"]["model"]["eval_inner_steps"] == 0
+    a, b = (rows[name]["in_distribution"] for name in ("a [mean_weights]", "b [mean_weights]"))
+    assert a["nll"] != pytest.approx(b["nll"], rel=1e-4)  # the same tasks, adapted or not
