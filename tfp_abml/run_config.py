@@ -141,7 +141,9 @@ class RunConfig:
         if self.task_encoding is None:
             self.task_encoding = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["task_encoding"]
         if self.learn_inner_lr is None:
-            self.learn_inner_lr = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["learn_inner_lr"]
+            # Trained without inner steps there is no step size to learn (its variables would get no gradient).
+            self.learn_inner_lr = self.inner_steps != 0 and \
+                POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["learn_inner_lr"]
         if self.residual_head is None:
             self.residual_head = (self.method == "abml" and self.posterior == "aligned" and len(self.hidden_units) > 0
                                   and all(u == self.embedding_dim for u in self.hidden_units))
@@ -196,6 +198,9 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserInputError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+        if self.learn_inner_lr and self.inner_steps == 0:
+            raise UserInputError("--learn-inner-lr learns the inner step size, which --inner-steps 0 never takes: "
+                                 "drop --learn-inner-lr, or train with inner steps")
         for name in ("inner_lr", "learning_rate", "initial_scale"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise UserInputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")

@@ -33,6 +33,7 @@ CASES = [
     ("fit", ["--epochs", "-1"], "--epochs must be an integer >= 1"),
     ("fit", ["--queries", "0"], "--queries must be an integer >= 1"),
     ("fit", ["--inner-steps", "-1"], "--inner-steps must be an integer >= 0"),
+    ("fit", ["--inner-steps", "0", "--learn-inner-lr"], "--learn-inner-lr learns the inner step size, which --inner-steps 0"),
     ("fit", ["--eval-samples", "0"], "--eval-samples must be an integer >= 1"),
     ("fit", ["--initial-scale", "0"], "--initial-scale must be > 0"),
     ("fit", ["--learning-rate", "inf"], "--learning-rate must be a finite number, got inf"),

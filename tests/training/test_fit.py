@@ -167,6 +167,16 @@ def test_posterior_options_follow_the_posterior_unless_given(args, expected, tmp
     assert (config.posterior, config.task_encoding, config.learn_inner_lr) == expected
 
 
+def test_training_without_inner_steps_learns_no_inner_step_size():
+    config, *_ = fit.parse_config(["--inner-steps", "0"])
+    assert config.learn_inner_lr is False  # its variables would get no gradient
+    model = config.build_model()
+    model(model.example_inputs())
+    assert model.inner_log_lrs is None and not [v for v in model.trainable_variables if "inner_log_lr" in v.path]
+    config, *_ = fit.parse_config(["--inner-steps", "1"])
+    assert config.learn_inner_lr is True
+
+
 @pytest.mark.parametrize("args, residual", [
     ([], True),  # the default since the residual80 protocol run
     (["--no-residual-head"], False),
