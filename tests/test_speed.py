@@ -316,5 +316,5 @@ def test_serving_latency_serves_every_draw_count_and_the_model_without_its_inner
     without = result["without_inner_loop"]
     assert (without["draws"], without["inner_steps"], without["trained_inner_steps"]) == (10, 0, 5)
     assert without["p50_ms"] > 0 and without["p50_over_inner_loop"] > 0
-    # The exports differ only in what was asked: draws, and inner steps in the last one.
+    # One export per draw count, and one more without the inner loop.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["draws10", "inner0"]
