@@ -318,3 +318,12 @@ def test_serving_latency_serves_every_draw_count_and_the_model_without_its_inner
     assert without["p50_ms"] > 0 and without["p50_over_inner_loop"] > 0
     # One export per draw count, and one more without the inner loop.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["draws10", "inner0"]
+
+
+def test_speed_method_names_build_their_configs():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from speed_cases import method_config
+
+    inner0 = method_config("abml-inner0", ways=5, shots=1)
+    assert (inner0.inner_steps, inner0.learn_inner_lr, inner0.posterior) == (0, False, "aligned")
+    assert method_config("abml-default", ways=5, shots=1).inner_steps == 5
