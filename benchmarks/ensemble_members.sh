@@ -7,14 +7,7 @@
 #
 # Run from the repository root. A finished member (model.weights.h5) is not trained again. Then:
 #   python benchmarks/uncertainty.py ... --ensemble protonet-5x12min=OUT/protonet-seed0,...,OUT/protonet-seed4
-set -euo pipefail
-DATA_DIR=${1:-../shared/data}
-MINUTES=${2:-12}
-DECAY=${3:-1500}
-OUT=${4:-runs/ensemble12}
-mkdir -p "$OUT"
-COMMON=(--ways 60 --queries 5 --meta-batch 1 --epochs 1000 --steps-per-epoch 100 --val-tasks 50 --shots 1
-        --lr-schedule cosine --lr-decay-episodes "$DECAY" --max-minutes "$MINUTES" --data-dir "$DATA_DIR" --verbose 2)
+source "$(dirname "$0")/members_common.sh"
 for seed in 0 1 2 3 4; do
   out=$OUT/protonet-seed$seed
   [ -f "$out/model.weights.h5" ] || python -m training.fit --method protonet "${COMMON[@]}" --seed "$seed" \

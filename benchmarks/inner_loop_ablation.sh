@@ -8,17 +8,10 @@
 #
 # Run from the repository root. Then:
 #   python benchmarks/uncertainty.py ... --run abml-12min-inner0=OUT/abml-inner0-seed0 --run abml-12min-seed1=OUT/abml-seed1
-set -euo pipefail
-DATA_DIR=${1:-../shared/data}
-MINUTES=${2:-12}
-DECAY=${3:-1500}
-OUT=${4:-runs/ensemble12}
-mkdir -p "$OUT"
-COMMON=(--method abml --ways 60 --queries 5 --meta-batch 1 --epochs 1000 --steps-per-epoch 100 --val-tasks 50
-        --shots 1 --lr-schedule cosine --lr-decay-episodes "$DECAY" --max-minutes "$MINUTES" --data-dir "$DATA_DIR"
-        --verbose 2 --learning-rate 1e-3 --residual-head --jit off)
-python -m training.fit "${COMMON[@]}" --inner-steps 0 --seed 0 --output "$OUT/abml-inner0-seed0" \
+source "$(dirname "$0")/members_common.sh"
+ABML=(--method abml "${COMMON[@]}" --learning-rate 1e-3 --residual-head --jit off)
+python -m training.fit "${ABML[@]}" --inner-steps 0 --seed 0 --output "$OUT/abml-inner0-seed0" \
     > "$OUT/abml-inner0-seed0.log" 2>&1 &
-python -m training.fit "${COMMON[@]}" --seed 1 --output "$OUT/abml-seed1" > "$OUT/abml-seed1.log" 2>&1 &
+python -m training.fit "${ABML[@]}" --seed 1 --output "$OUT/abml-seed1" > "$OUT/abml-seed1.log" 2>&1 &
 wait
 echo "trained $OUT/abml-inner0-seed0 and $OUT/abml-seed1"

@@ -55,15 +55,9 @@ def predictions(model, widths, samples):
     loop's objective, without its noise: what is left for the inner steps to fit)."""
     import tensorflow as tf
 
-    from tfp_abml.episodic import split_support_query
-
     @tf.function
     def predict(inputs):
-        # adapt_and_embed_queries, keeping the support embeddings.
-        embeddings = model.embed(tf.concat([inputs["support_images"], inputs["query_images"]], axis=1), False)
-        support, queries = split_support_query(embeddings, inputs)
-        support_labels = tf.cast(inputs["support_labels"], tf.int32)
-        params = model.adapted_posterior(support, support_labels, model.eval_inner_steps)
+        params, support, support_labels, queries = model.adapt_and_embed(inputs, training=False)
         support_logits = model.head(support, params, mean_only=True)
         out = {"support nll": tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                    labels=support_labels, logits=support_logits), axis=-1),

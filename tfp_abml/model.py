@@ -238,14 +238,22 @@ class AmortizedBNN(EpisodicModel):
         params, query_embeddings = self.adapt_and_embed_queries(inputs, training=False)
         return self.draws(params, query_embeddings, samples or self.eval_samples)
 
-    def adapt_and_embed_queries(self, inputs, training=False):
-        """The adapted posterior (list of DenseParams, one per layer) and the query embeddings
-        ``[T, M, D]`` of a batch of tasks: inner steps as in training or as in evaluation."""
+    def adapt_and_embed(self, inputs, training=False):
+        """``(params, support_embeddings, support_labels, query_embeddings)`` of a batch of tasks: the
+        adapted posterior (list of DenseParams, one per layer; inner steps as in training or as in
+        evaluation), the embeddings ``[T, K, D]`` and int32 labels of the support set it was adapted
+        to, and the query embeddings ``[T, M, D]``."""
         # One encoder call for support and query: one set of batch-norm statistics.
         embeddings = self.embed(tf.concat([inputs["support_images"], inputs["query_images"]], axis=1), training)
         support_embeddings, query_embeddings = split_support_query(embeddings, inputs)
-        params = self.adapted_posterior(support_embeddings, tf.cast(inputs["support_labels"], tf.int32),
+        support_labels = tf.cast(inputs["support_labels"], tf.int32)
+        params = self.adapted_posterior(support_embeddings, support_labels,
                                         self.inner_steps if training else self.eval_inner_steps)
+        return params, support_embeddings, support_labels, query_embeddings
+
+    def adapt_and_embed_queries(self, inputs, training=False):
+        """The adapted posterior and the query embeddings ``[T, M, D]`` (:meth:`adapt_and_embed`)."""
+        params, _, _, query_embeddings = self.adapt_and_embed(inputs, training)
         return params, query_embeddings
 
     def episode(self, inputs, query_labels, training):
