@@ -39,8 +39,9 @@ def build_parser():
                       help="omniglot, miniimagenet, folder (your own images; both need --data-dir), cifar_fs, "
                            "fc100, or tfds:NAME[:LABEL_KEY] (a TFDS image-classification dataset, prepared "
                            "beforehand); see docs/data.md")
-    data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake"),
-                      help="class split: vinyals (with rotations; the published one) or lake")
+    data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake", "lake-rotated"),
+                      help="class split: vinyals (with rotations; the published one), lake (new alphabets at "
+                           "test), or lake-rotated (lake with its training characters at 4 rotations)")
     data.add_argument("--data-dir", default=None,
                       help="folder with omniglot/images_{background,evaluation}.zip and omniglot/splits/ "
                            "(or miniimagenet/images/ and the Ravi CSVs; for --dataset folder the folder of "
@@ -269,7 +270,7 @@ def check_data(config):
     data_dir = omniglot.resolve_data_dir(config.data_dir)
     if data_dir is not None:
         omniglot.find_sources(data_dir)
-    if config.split_scheme == "lake":
+    if config.split_scheme != "vinyals":
         return config  # class counts are checked by the sampler once the images are loaded
     for split in ("train", "val"):  # validation uses the training task shape
         count = splits.num_classes(split, config.split_scheme, config.data_dir)

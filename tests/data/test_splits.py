@@ -63,3 +63,20 @@ def test_list_naming_an_unknown_character_is_rejected(tmp_path, data_dir):
         splits.omniglot_split("val", "vinyals", tmp_path)
     with pytest.raises(UserInputError, match="test.txt not found"):
         splits.omniglot_split("test", "vinyals", tmp_path)
+
+
+def test_lake_rotated_quadruples_training_characters_only(data_dir):
+    lake = {s: splits.omniglot_split(s, "lake", data_dir) for s in splits.SPLITS}
+    rotated = {s: splits.omniglot_split(s, "lake-rotated", data_dir) for s in splits.SPLITS}
+    assert rotated["train"].num_classes == 4 * lake["train"].num_classes
+    for split in ("val", "test"):
+        assert rotated[split].names == lake[split].names
+        np.testing.assert_array_equal(rotated[split].images, lake[split].images)
+    position = {name: i for i, name in enumerate(rotated["train"].names)}
+    assert len(position) == rotated["train"].num_classes  # every name unique
+    for index in (0, lake["train"].num_classes - 1):
+        base = lake["train"].names[index]
+        for turns in range(4):
+            np.testing.assert_array_equal(rotated["train"].images[position[f"{base}/rot{turns * 90:03d}"]],
+                                          np.rot90(lake["train"].images[index], turns, axes=(-2, -1)))
+    assert _characters(rotated["train"].names) == set(lake["train"].names)
