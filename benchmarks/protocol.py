@@ -114,6 +114,12 @@ decay_episodes_override = method_override(int, "abml=4000")
 fit_flags_override = method_override(str, "'abml=--residual-head'")
 
 
+def published(method, shots, split_scheme):
+    """The published accuracies ``{ways: %}`` a run is measured against: none off the Vinyals split,
+    whose classes the papers' numbers are for (``--fit-flags METHOD=--split-scheme lake`` runs)."""
+    return PUBLISHED.get(method, {}).get(shots, {}) if split_scheme == "vinyals" else {}
+
+
 def run_dir(runs_dir, method, shots=1):
     return pathlib.Path(runs_dir) / f"omniglot-{training_ways(method)}w{shots}s-{method}"
 
@@ -216,6 +222,7 @@ def main(argv=None):
     for method in args.methods:
         run = run_dir(runs_dir, method, args.shots)
         history = read_json(run / "history.json", {})
+        split_scheme = read_json(run / "config.json", {}).get("split_scheme", "vinyals")
         curves[method] = evaluation_curve(run)
         started = time.perf_counter()
         evaluations = {f"{ways}-way {args.shots}-shot": evaluate(method, run, ways, args.tasks, args.data_dir, args.shots)
@@ -229,7 +236,8 @@ def main(argv=None):
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,
             "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
             "evaluation_seconds": time.perf_counter() - started,
-            "published": PUBLISHED.get(method, {}).get(args.shots, {}),
+            "split_scheme": split_scheme,
+            "published": published(method, args.shots, split_scheme),
             "evaluations": evaluations}
         for setting, result in evaluations.items():  # not `name`: that is the result files' name
             predictions = result["predictions"]  # abml: the posterior predictive, as the tables report

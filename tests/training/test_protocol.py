@@ -286,3 +286,5 @@ def test_every_baseline_has_its_protocol_and_published_numbers():
         assert set(protocol.PUBLISHED[method]) == {1, 5}
         assert all(set(by_ways) == {5, 20} for by_ways in protocol.PUBLISHED[method].values())
     assert protocol.episodes_per_epoch("metasgd") == 32 * 20 and protocol.episodes_per_epoch("matching") == 100
+    assert protocol.published("protonet", 1, "vinyals") == {5: 98.8, 20: 96.0}
+    assert protocol.published("protonet", 1, "lake") == {} == protocol.published("protonet", 1, "lake-rotated")
