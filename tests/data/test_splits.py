@@ -80,3 +80,10 @@ def test_lake_rotated_quadruples_training_characters_only(data_dir):
             np.testing.assert_array_equal(rotated["train"].images[position[f"{base}/rot{turns * 90:03d}"]],
                                           np.rot90(lake["train"].images[index], turns, axes=(-2, -1)))
     assert _characters(rotated["train"].names) == set(lake["train"].names)
+
+
+def test_training_fit_offers_every_scheme():
+    from training import fit
+
+    action = next(a for a in fit.build_parser()._actions if a.dest == "split_scheme")
+    assert tuple(action.choices) == splits.SCHEMES

@@ -1,6 +1,6 @@
 """Class splits of Omniglot: which classes meta-train, meta-validate and meta-test.
 
-Two schemes:
+Three schemes:
 
 * ``vinyals`` -- Vinyals et al. (2016), as published with Prototypical Networks
   (Snell et al., 2017): 1028 / 172 / 423 characters, each at rotations
