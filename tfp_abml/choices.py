@@ -14,6 +14,7 @@ POSTERIORS = ("paper", "aligned")  # checked by RunConfig without importing Tens
 PRIORS = ("standard", "learned")  # abml's weight prior: N(0, I) or meta-learned (tfp_abml.prior)
 TASK_ENCODINGS = ("concat", "pool")  # tfp_abml.task_encoding.TASK_ENCODINGS
 LR_SCHEDULES = ("constant", "step", "cosine")
+SPLIT_SCHEMES = ("vinyals", "lake", "lake-rotated")  # Omniglot class splits (tfp_abml.data.splits)
 WEIGHT_CHOICES = ("best", "last")  # which weights of a run tfp_abml.runs.load_run loads
 # Omniglot-C (tfp_abml.data.corruptions.SEVERITIES holds each one's parameters, in this order)
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "elastic", "stroke_thinning", "stroke_thickening", "rotation",

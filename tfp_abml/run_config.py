@@ -12,8 +12,8 @@ import json
 
 # The names of the choices live in tfp_abml.choices, which the models import as well; they are
 # re-exported here for the command line.
-from tfp_abml.choices import (JIT_MODES, LR_SCHEDULES, MAML_METHODS, METHODS, POSTERIORS, PRIORS, TASK_ENCODINGS,
-                              TASK_LOOPS)
+from tfp_abml.choices import (JIT_MODES, LR_SCHEDULES, MAML_METHODS, METHODS, POSTERIORS, PRIORS, SPLIT_SCHEMES,
+                              TASK_ENCODINGS, TASK_LOOPS)
 from tfp_abml.errors import UserInputError
 
 # --task-encoding and --learn-inner-lr when not given, per --posterior.

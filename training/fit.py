@@ -23,8 +23,8 @@ import time
 from tfp_abml.distribute import STRATEGIES, check_strategy
 from tfp_abml.errors import UserInputError
 from tfp_abml.output_location import check_writable
-from tfp_abml.run_config import (JIT_MODES, LR_SCHEDULES, METHODS, POSTERIORS, PRIORS, TASK_ENCODINGS, TASK_LOOPS,
-                                 RunConfig)
+from tfp_abml.run_config import (JIT_MODES, LR_SCHEDULES, METHODS, POSTERIORS, PRIORS, SPLIT_SCHEMES, TASK_ENCODINGS,
+                                 TASK_LOOPS, RunConfig)
 from training._cli import Parser, run_command
 
 _DEFAULTS = RunConfig()
@@ -39,7 +39,7 @@ def build_parser():
                       help="omniglot, miniimagenet, folder (your own images; both need --data-dir), cifar_fs, "
                            "fc100, or tfds:NAME[:LABEL_KEY] (a TFDS image-classification dataset, prepared "
                            "beforehand); see docs/data.md")
-    data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=("vinyals", "lake", "lake-rotated"),
+    data.add_argument("--split-scheme", default=_DEFAULTS.split_scheme, choices=SPLIT_SCHEMES,
                       help="class split: vinyals (with rotations; the published one), lake (new alphabets at "
                            "test), or lake-rotated (lake with its training characters at 4 rotations)")
     data.add_argument("--data-dir", default=None,

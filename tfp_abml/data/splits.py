@@ -25,10 +25,11 @@ import pathlib
 
 import numpy as np
 
+from tfp_abml.choices import SPLIT_SCHEMES
 from tfp_abml.data import omniglot
 from tfp_abml.errors import UserInputError
 
-SCHEMES = ("vinyals", "lake", "lake-rotated")
+SCHEMES = SPLIT_SCHEMES
 SPLITS = ("train", "val", "test")
 LAKE_VALIDATION_ALPHABETS = 5
 _VINYALS_URL = ("https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/"
