@@ -256,10 +256,11 @@ def keep_best(model, run_dir, history):
     return best
 
 
-def checkpoint_callback(state: TrainingState, history_path, previous_history=None):
+def checkpoint_callback(state: TrainingState, history_path, previous_history=None, keep_best_weights=True):
     """A Keras callback that appends to ``history.json`` and saves ``state`` after each epoch.
 
-    With validation it then keeps the weights of the best validation epoch in
+    With validation (and ``keep_best_weights``; not for --trainval runs, whose validation
+    classes are trained on) it then keeps the weights of the best validation epoch in
     ``best.weights.h5`` beside ``history.json`` (:func:`keep_best`). The history also records the
     outer learning rate at the end of each epoch, so a resumed schedule can be checked.
 
@@ -322,7 +323,8 @@ def checkpoint_callback(state: TrainingState, history_path, previous_history=Non
                 rates.append(float(tf.convert_to_tensor(self.model.optimizer.learning_rate)))
             write_json_atomic(history_path, history)
             state.save(epoch + 1)
-            keep_best(self.model, pathlib.Path(history_path).parent, history)
+            if keep_best_weights:
+                keep_best(self.model, pathlib.Path(history_path).parent, history)
 
     return _Checkpoint()
 

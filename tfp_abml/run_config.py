@@ -108,6 +108,10 @@ class RunConfig:
     learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE[method]
     lr_schedule: str = "constant"  # LR_SCHEDULES, over optimizer steps (checkpointed, so a resume continues it)
     lr_decay_episodes: int = 2000  # step: halve every this many training episodes; cosine: decay to 0 over them
+    # Train on the training and validation classes together (Snell et al., 2017: their final run,
+    # once validation has chosen the length). Validation then sees trained classes: no best
+    # weights are kept, and evaluation and export use the final ones.
+    trainval: bool = False
     epochs: int = 20
     steps_per_epoch: int = 100
     val_tasks: int = 100
@@ -198,6 +202,8 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserInputError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+        if not isinstance(self.trainval, bool):
+            raise UserInputError(f"trainval must be true or false, got {self.trainval!r}")
         if self.learn_inner_lr and self.inner_steps == 0:
             raise UserInputError("--learn-inner-lr learns the inner step size, which --inner-steps 0 never takes: "
                                  "drop --learn-inner-lr, or train with inner steps")
@@ -433,8 +439,11 @@ class RunConfig:
         return self.sampler("val", seed=self.seed + VALIDATION_SEED_OFFSET)
 
     def sampler(self, split, seed=None):
+        """Tasks of ``split``; ``"train"`` of a --trainval run draws from the training and validation classes."""
         from tfp_abml.data import make_sampler
+        from tfp_abml.data.pipeline import TRAINVAL
 
+        split = TRAINVAL if split == "train" and self.trainval else split
         return make_sampler(self.dataset, split, self.ways, self.shots, self.queries,
                             self.seed if seed is None else seed, self.data_dir, self.resolved_image_size,
                             self.split_scheme, class_split=self.class_split, channels=self.image_channels)

@@ -129,6 +129,10 @@ def build_parser():
                        help="outer updates per epoch (episodes per epoch = this x meta-batch)")
     train.add_argument("--val-tasks", type=int, default=_DEFAULTS.val_tasks,
                        help="validation tasks after each epoch (0: no validation)")
+    train.add_argument("--trainval", action="store_true", default=_DEFAULTS.trainval,
+                       help="train on the training and validation classes together, as Snell et al.'s final run "
+                            "(set --epochs or --max-minutes from an earlier run's best epoch); validation then "
+                            "sees trained classes, so no best weights are kept: evaluate and export use the final ones")
     train.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for tasks and weights")
     train.add_argument("--jit", default=_DEFAULTS.jit, choices=JIT_MODES,
                        help="XLA for the outer update; auto: the faster on this device, measured once per "
@@ -272,8 +276,10 @@ def check_data(config):
         omniglot.find_sources(data_dir)
     if config.split_scheme != "vinyals":
         return config  # class counts are checked by the sampler once the images are loaded
-    for split in ("train", "val"):  # validation uses the training task shape
-        count = splits.num_classes(split, config.split_scheme, config.data_dir)
+    counts = {split: splits.num_classes(split, config.split_scheme, config.data_dir) for split in ("train", "val")}
+    if config.trainval:
+        counts["train"] += counts["val"]
+    for split, count in counts.items():  # validation uses the training task shape
         if config.resolved_train_ways > count:
             flag = "--ways" if config.train_ways is None else "--train-ways"
             raise UserInputError(f"{flag} {config.resolved_train_ways} is larger than the {count} classes of the "
@@ -433,7 +439,7 @@ def _train(config, output, verbose, max_minutes, strategy):
     history = read_json(output / "history.json", {})
     keep = [i for i, e in enumerate(history.get("epoch", [])) if e <= initial_epoch]
     history = {key: [values[i] for i in keep if i < len(values)] for key, values in history.items()}
-    if history.get("epoch"):
+    if history.get("epoch") and not config.trainval:
         keep_best(model, output, history)  # a run stopped between its checkpoint and its best weights
 
     train_data = distribute.distributed_episodes(strategy, train_sampler, config.meta_batch,
@@ -442,7 +448,7 @@ def _train(config, output, verbose, max_minutes, strategy):
     if val_sampler is not None:
         val_data = distribute.distributed_episodes(strategy, val_sampler, config.meta_batch,
                                                    episodes=val_steps * config.meta_batch)
-    saver = checkpoint_callback(state, output / "history.json", history)
+    saver = checkpoint_callback(state, output / "history.json", history, keep_best_weights=not config.trainval)
     callbacks = [saver,
                  keras.callbacks.TensorBoard(log_dir=str(output / "logs"))]
     if max_minutes:

@@ -10,6 +10,8 @@ numpy calls keyed by episode index, so the order is deterministic.
 
 from __future__ import annotations
 
+import numpy as np
+
 from tfp_abml.data.sampling import EpisodeSampler
 from tfp_abml.data.splits import omniglot_split
 from tfp_abml.data.tfds_datasets import PREFIX as TFDS_PREFIX
@@ -29,6 +31,8 @@ EXAMPLES_PER_CLASS = {"omniglot": 20, "miniimagenet": 600, "folder": None, "cifa
                       TFDS: None}
 DEFAULT_IMAGE_SIZE = {"omniglot": None, "miniimagenet": 84, "folder": None, "cifar_fs": 32, "fc100": 32,
                       TFDS: None}
+# The training and validation classes as one split (make_sampler, RunConfig.trainval).
+TRAINVAL = "trainval"
 CHANNELS = {"omniglot": 1, "miniimagenet": 3, "folder": None, "cifar_fs": 3, "fc100": 3, TFDS: None}
 
 
@@ -88,9 +92,17 @@ def make_sampler(dataset="omniglot", split="train", ways=5, shots=1, queries=15,
                  data_dir=None, image_size=28, split_scheme="vinyals", class_split=None, channels=None):
     """An EpisodeSampler over one split of a dataset (``split_scheme`` is Omniglot's; miniImageNet has Ravi's).
 
+    ``split="trainval"`` draws from the training and validation classes together: the final run of
+    Snell et al. (2017), who retrain on both once validation has chosen the number of episodes.
+
     ``class_split`` and ``channels`` are those of a folder and of a tfds:NAME dataset
     (``--class-split``; the channels the model takes, None: the images')."""
     check_dataset(dataset)
+    if split == TRAINVAL:
+        # Each split is checked against the task's shots and queries; its ways, against the union.
+        return _union_sampler([make_sampler(dataset, part, 2, shots, queries, seed, data_dir, image_size,
+                                            split_scheme, class_split, channels) for part in ("train", "val")],
+                              ways, shots, queries, seed)
     if dataset == "folder" or is_tfds_dataset(dataset):
         if dataset == "folder":
             from tfp_abml.data.folder import folder_split
@@ -110,3 +122,24 @@ def make_sampler(dataset="omniglot", split="train", ways=5, shots=1, queries=15,
         classes = omniglot_split(split, split_scheme, data_dir, image_size)
     return EpisodeSampler(classes.images, ways, shots, queries, seed,
                           split_name=f"the {dataset} {split_scheme} {split} split")
+
+
+def _union_sampler(parts, ways, shots, queries, seed):
+    """One EpisodeSampler over the classes of several splits' samplers, in order (train, then val)."""
+    names = " and ".join(part.split_name for part in parts)
+    if all(part.offsets is None for part in parts) and len({part.images.shape[1:] for part in parts}) == 1:
+        return EpisodeSampler(np.concatenate([part.images for part in parts]), ways, shots, queries, seed,
+                              split_name=names)
+    # Ragged, or dense splits with unequal numbers of examples per class: one ragged store.
+    images, counts = [], []
+    for part in parts:
+        if part.offsets is None:
+            images.append(part.images.reshape((-1,) + part.images.shape[2:]))
+            counts.extend([part.images.shape[1]] * part.images.shape[0])
+        else:
+            images.append(part.images)
+            counts.extend(part.counts)
+    class_names = (sum((list(part.class_names) for part in parts), [])
+                   if all(part.class_names is not None for part in parts) else None)
+    return EpisodeSampler(np.concatenate(images), ways, shots, queries, seed, split_name=names, counts=counts,
+                          class_names=class_names)

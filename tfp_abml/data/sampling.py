@@ -64,6 +64,7 @@ class EpisodeSampler:
             raise UserInputError(f"--shots {shots} + --queries {queries} = {shots + queries} is more than the "
                                  f"{examples} examples per class of {split_name}: lower --shots or --queries")
         self.images, self.ways, self.shots, self.queries = images, int(ways), int(shots), int(queries)
+        self.split_name, self.class_names = split_name, class_names
         self.seed = int(seed)
 
     @property
