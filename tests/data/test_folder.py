@@ -169,6 +169,19 @@ def test_episodes_draw_from_every_image_of_unequal_classes(colour):
         make_sampler("folder", "train", ways=3, shots=2, queries=2, data_dir=root, image_size=28)
 
 
+
+def test_trainval_of_a_folder_holds_both_splits_classes(colour):
+    """--trainval on one's own images: the train/ and val/ classes together, each with all its images."""
+    root, expected = colour
+    parts = [make_sampler("folder", split, ways=2, shots=1, queries=2, data_dir=root, image_size=28)
+             for split in ("train", "val")]
+    union = make_sampler("folder", "trainval", ways=6, shots=1, queries=2, seed=1, data_dir=root, image_size=28)
+    assert union.counts.tolist() == [*parts[0].counts.tolist(), *parts[1].counts.tolist()]
+    assert union.class_names == [*parts[0].class_names, *parts[1].class_names]
+    np.testing.assert_array_equal(union.images, np.concatenate([parts[0].images, parts[1].images]))
+    with pytest.raises(UserInputError, match="--ways 9 is larger than the 8 classes"):
+        make_sampler("folder", "trainval", ways=9, shots=1, queries=2, data_dir=root, image_size=28)
+
 def _last_error(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines

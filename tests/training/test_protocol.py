@@ -288,3 +288,19 @@ def test_every_baseline_has_its_protocol_and_published_numbers():
     assert protocol.episodes_per_epoch("metasgd") == 32 * 20 and protocol.episodes_per_epoch("matching") == 100
     assert protocol.published("protonet", 1, "vinyals") == {5: 98.8, 20: 96.0}
     assert protocol.published("protonet", 1, "lake") == {} == protocol.published("protonet", 1, "lake-rotated")
+
+
+def test_a_trainval_run_trains_on_both_splits_and_is_evaluated_at_its_final_weights(data_dir, tmp_path):
+    """--trainval (Snell et al.'s final run): validation sees trained classes, so no best weights are kept."""
+    output = tmp_path / "trainval"
+    assert fit.main([*TINY, "--method", "protonet", "--data-dir", str(data_dir), "--output", str(output),
+                     "--trainval", "--steps-per-epoch", "2", "--epochs", "2", "--val-tasks", "2"]) == 0
+    config = RunConfig.load(output / "config.json")
+    assert config.trainval and config.sampler("train").images.shape[0] == 4112 + 688
+    assert config.sampler("val").images.shape[0] == 688  # validation and test keep their own classes
+    assert len(_history(output)["val_accuracy"]) == 2
+    assert not (output / BEST_WEIGHTS).exists() and not (output / BEST_RECORD).exists()
+    assert evaluate.main(["--run", str(output), "--tasks", "2", "--no-ood", "--verbose", "0"]) == 0
+    assert json.loads((output / "eval_test.json").read_text())["weights"].startswith("model.weights.h5")
+    with pytest.raises(UserInputError, match="trainval must be true or false"):
+        RunConfig(trainval="yes").validate()
