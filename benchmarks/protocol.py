@@ -6,6 +6,10 @@
     python benchmarks/protocol.py --data-dir ../shared/data --minutes 50 --tag maml --methods maml
     python benchmarks/protocol.py --data-dir ../shared/data --minutes 80 --lr-schedule cosine \
         --learning-rate abml=1e-3 --lr-decay-episodes abml=9000 --tag cosine80 --methods abml
+    python benchmarks/protocol.py --data-dir ../shared/data --minutes 80 --lr-schedule cosine \
+        --learning-rate abml=1e-3 --lr-decay-episodes abml=10000 --lr-decay-episodes protonet=10000 \
+        --fit-flags "abml=--residual-head --trainval" --fit-flags protonet=--trainval --tag trainval80 \
+        --methods protonet abml
 
 Protocol (Snell et al., 2017, for Omniglot 1-shot): 60-way 1-shot training episodes with 5 queries
 per class, one episode per Adam step at 1e-3 (ProtoNet) or abml's default 3e-4 (``--learning-rate
@@ -19,7 +23,9 @@ ProtoNet (60-way episodes: Snell et al.'s finding for metric learners). All meth
 the same time (``training.fit`` in parallel child processes, so that they share the machine alike)
 until ``--minutes`` of wall-clock training, then each is evaluated with ``training.evaluate`` at
 every ``--eval-ways`` (1-shot, 15 queries per class) on ``--tasks`` test tasks of the Vinyals split:
-the same tasks for every method (same seed). A run that has finished (``model.weights.h5``) is not
+the same tasks for every method (same seed). ``--fit-flags METHOD=--trainval`` gives Snell et al.'s
+final run: training on the training and validation classes together, evaluated at its final weights
+(its validation accuracy is then on trained classes). A run that has finished (``model.weights.h5``) is not
 trained again: delete its folder to retrain.
 
 ``--shots 5`` runs the 5-shot protocols (60-way 5-shot for ProtoNet, Matching Networks and abml,
@@ -222,7 +228,8 @@ def main(argv=None):
     for method in args.methods:
         run = run_dir(runs_dir, method, args.shots)
         history = read_json(run / "history.json", {})
-        split_scheme = read_json(run / "config.json", {}).get("split_scheme", "vinyals")
+        run_config = read_json(run / "config.json", {})
+        split_scheme = run_config.get("split_scheme", "vinyals")
         curves[method] = evaluation_curve(run)
         started = time.perf_counter()
         evaluations = {f"{ways}-way {args.shots}-shot": evaluate(method, run, ways, args.tasks, args.data_dir, args.shots)
@@ -235,6 +242,8 @@ def main(argv=None):
             "training_episodes": episodes_per_epoch(method) * len(history.get("epoch", [])),
             "training_minutes": curves[method][0][-1] if curves[method][0] else None,
             "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
+            # --trainval: trained on the validation classes too (their accuracy is no model selection)
+            "trainval": bool(run_config.get("trainval", False)),
             "evaluation_seconds": time.perf_counter() - started,
             "split_scheme": split_scheme,
             "published": published(method, args.shots, split_scheme),
