@@ -24,6 +24,7 @@ minus the reference's on the same tasks, with a paired bootstrap interval
 from __future__ import annotations
 
 import dataclasses
+import sys
 import weakref
 
 import numpy as np
@@ -205,19 +206,24 @@ def fit_temperatures(config, model, tasks=300, seed=0, samples=None, progress=Tr
     """Temperatures of every named prediction, fitted by NLL on ``tasks`` seeded validation tasks.
 
     Returns the record :func:`tfp_abml.runs.save_calibration` writes: ``{"temperatures": {name: T},
-    "weights" (the model's ``loaded_weights``), "split": "val", "tasks", "seed", "nll_before": {...},
-    "nll_after": {...}}``.
+    "weights" (the model's ``loaded_weights``), "split": "val", "tasks", "seed", "trained_on_split" (a
+    --trainval run: true, with a warning on stderr), "nll_before": {...}, "nll_after": {...}}``.
     """
     from tfp_abml.calibration import apply_temperature, fit_temperature
 
     import keras
 
+    seen = bool(getattr(config, "trainval", False))
+    if seen:  # stderr: the fitted temperature is the caller's result
+        print("warning: this run trained on its validation classes (--trainval), so the temperature is fitted "
+              "on classes the model has seen; expect it to be too low (overconfident) for new classes",
+              file=sys.stderr, flush=True)
     bar = keras.utils.Progbar(tasks, unit_name="validation task") if progress else None
     probabilities, _, labels = _predict(model, task_sampler(config, "val", seed), tasks, config.meta_batch, samples,
                                         lambda x, y: (x, y), bar)
     temperatures = {name: fit_temperature(p, labels) for name, p in probabilities.items()}
     return {"temperatures": temperatures, "weights": getattr(model, "loaded_weights", None), "split": "val",
-            "tasks": tasks, "seed": seed,
+            "tasks": tasks, "seed": seed, "trained_on_split": seen,
             "nll_before": {name: metrics.nll(p, labels) for name, p in probabilities.items()},
             "nll_after": {name: metrics.nll(apply_temperature(p, temperatures[name]), labels)
                           for name, p in probabilities.items()}}

@@ -290,7 +290,7 @@ def test_every_baseline_has_its_protocol_and_published_numbers():
     assert protocol.published("protonet", 1, "lake") == {} == protocol.published("protonet", 1, "lake-rotated")
 
 
-def test_a_trainval_run_trains_on_both_splits_and_is_evaluated_at_its_final_weights(data_dir, tmp_path):
+def test_a_trainval_run_trains_on_both_splits_and_is_evaluated_at_its_final_weights(data_dir, tmp_path, capsys):
     """--trainval (Snell et al.'s final run): validation sees trained classes, so no best weights are kept."""
     output = tmp_path / "trainval"
     assert fit.main([*TINY, "--method", "protonet", "--data-dir", str(data_dir), "--output", str(output),
@@ -302,5 +302,10 @@ def test_a_trainval_run_trains_on_both_splits_and_is_evaluated_at_its_final_weig
     assert not (output / BEST_WEIGHTS).exists() and not (output / BEST_RECORD).exists()
     assert evaluate.main(["--run", str(output), "--tasks", "2", "--no-ood", "--verbose", "0"]) == 0
     assert json.loads((output / "eval_test.json").read_text())["weights"].startswith("model.weights.h5")
+    capsys.readouterr()
+    assert evaluate.main(["--run", str(output), "--tasks", "2", "--no-ood", "--calibrate", "--calibration-tasks", "2",
+                          "--verbose", "0"]) == 0
+    assert "warning: this run trained on its validation classes (--trainval)" in capsys.readouterr().err
+    assert json.loads((output / "calibration.json").read_text())["trained_on_split"] is True
     with pytest.raises(UserInputError, match="trainval must be true or false"):
         RunConfig(trainval="yes").validate()
