@@ -255,7 +255,7 @@ def main(argv=None):
                   f"NLL {s['nll']:.3f} ECE {100 * s['ece']:.2f}% OOD AUROC {s.get('ood_auroc', float('nan')):.3f} "
                   f"({result['weights']})", flush=True)
     out = RESULTS / f"{name}.json"
-    write_json_atomic(out, {"command": "python benchmarks/protocol.py " + " ".join(argv or sys.argv[1:]),
+    write_json_atomic(out, {"command": "python benchmarks/protocol.py " + shlex.join(argv or sys.argv[1:]),
                             "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
                             "protocol": __doc__.split("\n\n")[2], "methods": results})
     figure = RESULTS / f"{name}_time.png"
