@@ -203,7 +203,8 @@ class RunConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserInputError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
         if not isinstance(self.trainval, bool):
-            raise UserInputError(f"trainval must be true or false, got {self.trainval!r}")
+            raise UserInputError(f"trainval must be true or false (--trainval, or \"trainval\" in a --config file), "
+                                 f"got {self.trainval!r}")
         if self.learn_inner_lr and self.inner_steps == 0:
             raise UserInputError("--learn-inner-lr learns the inner step size, which --inner-steps 0 never takes: "
                                  "drop --learn-inner-lr, or train with inner steps")

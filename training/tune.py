@@ -115,6 +115,9 @@ def parse(argv):
             raise UserInputError(f"--random-trials must be >= 1, got {args.random_trials}")
     if base.val_tasks < 1:
         raise UserInputError("trials are scored on validation tasks: --val-tasks must be >= 1")
+    if base.trainval:
+        raise UserInputError(f"--config {config_file} trains on its validation classes (--trainval), and trials are "
+                             "scored on validation tasks: set \"trainval\": false in it")
     space = {"kl_min": args.kl_min, "kl_max": args.kl_max,
              "inner_lr": (args.inner_lr_min, args.inner_lr_max) if args.tune_inner_lr else None,
              "inner_steps": (args.inner_steps_min, args.inner_steps_max) if args.tune_inner_steps else None}

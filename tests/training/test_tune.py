@@ -74,6 +74,15 @@ def test_bad_settings_fail_with_one_line(args, message, data_dir, tmp_path, caps
     assert not (tmp_path / "t").exists()
 
 
+def test_a_trainval_config_is_refused(tmp_path, data_dir, capsys):
+    path = tmp_path / "trainval.json"
+    path.write_text(json.dumps(RunConfig(trainval=True).to_dict()))
+    assert tune.main(["--config", str(path), "--data-dir", str(data_dir), "--output", str(tmp_path / "t")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "trains on its validation classes (--trainval)" in lines[0], lines
+    assert not (tmp_path / "t").exists()
+
+
 def test_a_baseline_config_is_refused(tmp_path, data_dir, capsys):
     path = tmp_path / "protonet.json"
     path.write_text(json.dumps(RunConfig(method="protonet").to_dict()))
