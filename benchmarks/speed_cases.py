@@ -10,14 +10,17 @@ the median per contender.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 
 # Time per episode of a method, contenders of one training group (same encoder, image size,
 # ways, shots, XLA setting). "abml" is the paper's method (--posterior paper), "abml-aligned" is
-# --posterior aligned with the paper's concatenated task encoding and fixed inner step size,
-# "abml-default" is training.fit's default (aligned, pooled task encoding, learned inner step sizes),
-# "abml-inner0" the same trained without the inner loop (--inner-steps 0; by --methods only, not in the grid).
+# --posterior aligned with the paper's concatenated task encoding, fixed inner step size and 5 steps,
+# "abml-default" is training.fit's default (aligned, pooled task encoding, learned inner step sizes,
+# 1 inner step),
+# "abml-innerK" the same with K inner steps (--inner-steps K, e.g. abml-inner0 without the inner loop;
+# by --methods only, not in the grid).
 METHODS = ("abml", "abml-aligned", "abml-default", "protonet", "matching", "maml", "metasgd")
 FLIPOUT_SHAPES = ((4, 80, 64, 64), (4, 80, 64, 5), (4, 25, 64, 64), (4, 5, 64, 64))  # T, M, in, out
 
@@ -151,11 +154,12 @@ def method_config(method, **settings):
         return RunConfig(method="abml", posterior="paper", **settings).validate()
     if method == "abml-default":
         return RunConfig(method="abml", **settings).validate()
-    if method == "abml-inner0":
-        return RunConfig(method="abml", inner_steps=0, **settings).validate()
+    inner = re.fullmatch(r"abml-inner(\d+)", method)
+    if inner:
+        return RunConfig(method="abml", inner_steps=int(inner.group(1)), **settings).validate()
     if method == "abml-aligned":
         return RunConfig(method="abml", posterior="aligned", task_encoding="concat", learn_inner_lr=False,
-                         **settings).validate()
+                         inner_steps=5, **settings).validate()
     return RunConfig(method=method, **settings).validate()
 
 

@@ -326,4 +326,6 @@ def test_speed_method_names_build_their_configs():
 
     inner0 = method_config("abml-inner0", ways=5, shots=1)
     assert (inner0.inner_steps, inner0.learn_inner_lr, inner0.posterior) == (0, False, "aligned")
-    assert method_config("abml-default", ways=5, shots=1).inner_steps == 5
+    assert method_config("abml-inner5", ways=5, shots=1).inner_steps == 5
+    assert method_config("abml-default", ways=5, shots=1).inner_steps == 1
+    assert method_config("abml", ways=5, shots=1).inner_steps == 5  # the paper's posterior, the paper's steps

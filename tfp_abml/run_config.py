@@ -17,8 +17,11 @@ from tfp_abml.choices import (JIT_MODES, LR_SCHEDULES, MAML_METHODS, METHODS, PO
 from tfp_abml.errors import UserInputError
 
 # --task-encoding and --learn-inner-lr when not given, per --posterior.
-POSTERIOR_DEFAULTS = {"aligned": {"task_encoding": "pool", "learn_inner_lr": True},
-                      "paper": {"task_encoding": "concat", "learn_inner_lr": False}}
+# abml's inner SGD steps when not given also follow the posterior: the paper ran 1 and 5 steps and
+# reports 5; the aligned posterior already fits the support set, and one step trained as well as
+# five in 80-minute runs at 0.85x the time per episode (docs/benchmarks.md, "One inner step").
+POSTERIOR_DEFAULTS = {"aligned": {"task_encoding": "pool", "learn_inner_lr": True, "inner_steps": 1},
+                      "paper": {"task_encoding": "concat", "learn_inner_lr": False, "inner_steps": 5}}
 # Settings a config.json written before they existed lacks, with the value those runs used.
 LEGACY_VALUES = {"posterior": "paper", "task_encoding": "concat", "learn_inner_lr": False}
 # ... and a config.json written before --residual-head existed: those runs had the plain head.
@@ -32,8 +35,9 @@ STEP_DECAY_FACTOR = 0.5  # --lr-schedule step: halved every --lr-decay-episodes 
 # Inner loop and meta-batch per method when not given (None), as each method's paper trained on
 # Omniglot. MAML (Finn et al., 2017, appendix A.1): 5-way, 1 inner step at 0.4, meta-batch 32 and
 # 3 steps at test; 20-way, 5 steps at 0.1, meta-batch 16 (the same 5 at test). Meta-SGD (Li et al.,
-# 2017): MAML's setting with one learned-rate step, at training and at test. abml (the paper: 5
-# steps at 0.5), ProtoNet and Matching Networks (no inner loop): the package's earlier defaults.
+# 2017): MAML's setting with one learned-rate step, at training and at test. abml: steps at 0.5,
+# how many by posterior (POSTERIOR_DEFAULTS); ProtoNet and Matching Networks (no inner loop):
+# the package's earlier defaults.
 def method_defaults(method, train_ways):
     """``{"inner_steps", "inner_lr", "meta_batch", "eval_inner_steps"}`` for ``method`` trained ``train_ways``-way
     (``eval_inner_steps`` None: as in training)."""
@@ -43,7 +47,7 @@ def method_defaults(method, train_ways):
         eval_steps = steps if (wide or method == "metasgd") else 3
         return {"inner_steps": steps, "inner_lr": 0.1 if wide else 0.4, "meta_batch": 16 if wide else 32,
                 "eval_inner_steps": eval_steps}
-    return {"inner_steps": 5, "inner_lr": 0.5, "meta_batch": 4, "eval_inner_steps": None}
+    return {"inner_steps": 5, "inner_lr": 0.5, "meta_batch": 4, "eval_inner_steps": None}  # abml: per posterior
 
 
 # Validation tasks are drawn from seed + this offset (RunConfig.validation_sampler).
@@ -93,7 +97,7 @@ class RunConfig:
     learn_inner_lr: bool | None = None  # abml: one learned inner step size per posterior tensor
     task_encoding: str | None = None  # abml: "concat" (paper: class means in random order) or "pool"
     noise_dim: int = 32
-    inner_steps: int | None = None  # None: method_defaults (abml 5; maml 1 at 5-way, 5 at 20-way)
+    inner_steps: int | None = None  # None: abml 1 (aligned) or 5 (paper); maml 1 at 5-way, 5 at 20-way
     inner_lr: float | None = None  # None: method_defaults (abml 0.5; maml 0.4 at 5-way, 0.1 at 20-way)
     eval_inner_steps: int | None = None  # inner steps in evaluation and serving; None: as in training
     kl_scale: float = 1e-6
@@ -132,6 +136,8 @@ class RunConfig:
         # Unset inner-loop settings and meta-batch follow the method's paper (method_defaults).
         train_ways = self.train_ways if isinstance(self.train_ways, int) else self.ways
         defaults = method_defaults(self.method, train_ways if isinstance(train_ways, int) else 5)
+        if self.method == "abml":
+            defaults["inner_steps"] = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["inner_steps"]
         # The paper's test-time steps go with its training steps; steps of one's own apply to both.
         if self.eval_inner_steps is None and self.inner_steps is None and \
                 defaults["eval_inner_steps"] != defaults["inner_steps"]:

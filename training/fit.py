@@ -90,8 +90,8 @@ def build_parser():
     model.add_argument("--initial-scale", type=float, default=_DEFAULTS.initial_scale,
                        help="posterior scale of every BNN weight at initialisation")
     model.add_argument("--inner-steps", type=int, default=None,
-                       help="inner SGD steps in training; default per method's paper: abml 5; maml 1 (5-way) or "
-                            "5 (20-way); metasgd 1")
+                       help="inner SGD steps in training; default: abml 1 (--posterior paper: 5, its paper's); "
+                            "per method's paper: maml 1 (5-way) or 5 (20-way); metasgd 1")
     model.add_argument("--inner-lr", type=float, default=None,
                        help="inner SGD step size; default: abml 0.5; maml/metasgd 0.4 (5-way) or 0.1 (20-way)")
     model.add_argument("--eval-inner-steps", type=int, default=None,

@@ -40,14 +40,15 @@ def test_evaluate_writes_scores_with_intervals_and_a_diagram(method, tmp_path, d
     # Inner steps at prediction other than the run's: abml without its inner loop; an error for protonet.
     args = ["--run", str(run), "--tasks", "8", "--samples", "2", "--verbose", "0", "--no-ood", "--eval-inner-steps"]
     if method == "abml":
-        assert result["eval_inner_steps"] == 5
+        trained = json.loads((run / "config.json").read_text())["inner_steps"]
+        assert trained > 0 and result["eval_inner_steps"] == trained
         scores = {}
-        for steps in ("5", "0"):
+        for steps in (str(trained), "0"):
             assert evaluate.main([*args, steps]) == 0
             scores[steps] = json.loads((run / "eval_test.json").read_text())
             assert scores[steps]["eval_inner_steps"] == int(steps)
         assert scores["0"]["predictions"]["mean_weights"]["nll"] != \
-            pytest.approx(scores["5"]["predictions"]["mean_weights"]["nll"], rel=1e-4)
+            pytest.approx(scores[str(trained)]["predictions"]["mean_weights"]["nll"], rel=1e-4)
         _uncertainty_benchmark_with_and_without_the_inner_loop(run, tmp_path, monkeypatch, capsys)
     else:
         assert evaluate.main([*args, "1"]) == 2
@@ -90,6 +91,7 @@ def _uncertainty_benchmark_with_and_without_the_inner_loop(run, tmp_path, monkey
     uncertainty.main([*common, "--run", f"b={run}", "--eval-inner-steps", "b=0", "--ways", "5", "--tasks", "4",
                       "--calibration-tasks", "4", "--corruption-ways", "0", "--samples", "2", "--tag", "t"])
     rows = json.loads((tmp_path / "uncertainty_omniglot_1shot-t.json").read_text())["results"]["5-way 1-shot"]
-    assert rows["a"]["model"]["eval_inner_steps"] == 5 and rows["b"]["model"]["eval_inner_steps"] == 0
+    trained = json.loads((run / "config.json").read_text())["inner_steps"]
+    assert rows["a"]["model"]["eval_inner_steps"] == trained > 0 and rows["b"]["model"]["eval_inner_steps"] == 0
     a, b = (rows[name]["in_distribution"] for name in ("a [mean_weights]", "b [mean_weights]"))
     assert a["nll"] != pytest.approx(b["nll"], rel=1e-4)  # the same tasks, adapted or not

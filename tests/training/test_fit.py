@@ -85,8 +85,8 @@ def test_short_run_learns_writes_its_files_and_resumes(tmp_path, data_dir):
     assert history["nll"][2] < history["nll"][0]
 
     # A different config on the same output is refused, then accepted with --overwrite.
-    assert _fit(output, data_dir, "--epochs", "3", "--inner-steps", "1") == 2
-    assert _fit(output, data_dir, "--epochs", "1", "--inner-steps", "1", "--overwrite") == 0
+    assert _fit(output, data_dir, "--epochs", "3", "--inner-steps", "2") == 2
+    assert _fit(output, data_dir, "--epochs", "1", "--inner-steps", "2", "--overwrite") == 0
     assert json.loads((output / "history.json").read_text())["epoch"] == [1]
 
 
