@@ -18,9 +18,8 @@ import time
 # ways, shots, XLA setting). "abml" is the paper's method (--posterior paper), "abml-aligned" is
 # --posterior aligned with the paper's concatenated task encoding, fixed inner step size and 5 steps,
 # "abml-default" is training.fit's default (aligned, pooled task encoding, learned inner step sizes,
-# 1 inner step),
-# "abml-innerK" the same with K inner steps (--inner-steps K, e.g. abml-inner0 without the inner loop;
-# by --methods only, not in the grid).
+# 1 inner step), "abml-innerK" the same with K inner steps (--inner-steps K, e.g. abml-inner0 without
+# the inner loop; by --methods only, not in the grid).
 METHODS = ("abml", "abml-aligned", "abml-default", "protonet", "matching", "maml", "metasgd")
 FLIPOUT_SHAPES = ((4, 80, 64, 64), (4, 80, 64, 5), (4, 25, 64, 64), (4, 5, 64, 64))  # T, M, in, out
 

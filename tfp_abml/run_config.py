@@ -16,10 +16,10 @@ from tfp_abml.choices import (JIT_MODES, LR_SCHEDULES, MAML_METHODS, METHODS, PO
                               TASK_ENCODINGS, TASK_LOOPS)
 from tfp_abml.errors import UserInputError
 
-# --task-encoding and --learn-inner-lr when not given, per --posterior.
-# abml's inner SGD steps when not given also follow the posterior: the paper ran 1 and 5 steps and
-# reports 5; the aligned posterior already fits the support set, and one step trained as well as
-# five in 80-minute runs, at 0.97x the time per 5-way 1-shot episode (docs/benchmarks.md, "One inner step").
+# --task-encoding, --learn-inner-lr and abml's --inner-steps when not given, per --posterior. Inner
+# steps: the paper ran 1 and 5 and reports 5; the aligned posterior already fits the support set,
+# and one step trained as well as five in 80-minute runs, at 0.97x the time per 5-way 1-shot
+# episode (docs/benchmarks.md, "One inner step (the default)").
 POSTERIOR_DEFAULTS = {"aligned": {"task_encoding": "pool", "learn_inner_lr": True, "inner_steps": 1},
                       "paper": {"task_encoding": "concat", "learn_inner_lr": False, "inner_steps": 5}}
 # Settings a config.json written before they existed lacks, with the value those runs used.
