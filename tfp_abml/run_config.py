@@ -38,16 +38,17 @@ STEP_DECAY_FACTOR = 0.5  # --lr-schedule step: halved every --lr-decay-episodes 
 # 2017): MAML's setting with one learned-rate step, at training and at test. abml: steps at 0.5,
 # how many by posterior (POSTERIOR_DEFAULTS); ProtoNet and Matching Networks (no inner loop):
 # the package's earlier defaults.
-def method_defaults(method, train_ways):
+def method_defaults(method, train_ways, posterior="paper"):
     """``{"inner_steps", "inner_lr", "meta_batch", "eval_inner_steps"}`` for ``method`` trained ``train_ways``-way
-    (``eval_inner_steps`` None: as in training)."""
+    (``eval_inner_steps`` None: as in training); abml's steps follow its ``posterior``."""
     if method in MAML_METHODS:
         wide = train_ways > 5  # the 20-way setting
         steps = 5 if (wide and method == "maml") else 1
         eval_steps = steps if (wide or method == "metasgd") else 3
         return {"inner_steps": steps, "inner_lr": 0.1 if wide else 0.4, "meta_batch": 16 if wide else 32,
                 "eval_inner_steps": eval_steps}
-    return {"inner_steps": 5, "inner_lr": 0.5, "meta_batch": 4, "eval_inner_steps": None}  # abml: per posterior
+    steps = POSTERIOR_DEFAULTS.get(posterior, POSTERIOR_DEFAULTS["paper"])["inner_steps"] if method == "abml" else 5
+    return {"inner_steps": steps, "inner_lr": 0.5, "meta_batch": 4, "eval_inner_steps": None}
 
 
 # Validation tasks are drawn from seed + this offset (RunConfig.validation_sampler).
@@ -135,9 +136,7 @@ class RunConfig:
     def __post_init__(self):
         # Unset inner-loop settings and meta-batch follow the method's paper (method_defaults).
         train_ways = self.train_ways if isinstance(self.train_ways, int) else self.ways
-        defaults = method_defaults(self.method, train_ways if isinstance(train_ways, int) else 5)
-        if self.method == "abml":
-            defaults["inner_steps"] = POSTERIOR_DEFAULTS.get(self.posterior, POSTERIOR_DEFAULTS["paper"])["inner_steps"]
+        defaults = method_defaults(self.method, train_ways if isinstance(train_ways, int) else 5, self.posterior)
         # The paper's test-time steps go with its training steps; steps of one's own apply to both.
         if self.eval_inner_steps is None and self.inner_steps is None and \
                 defaults["eval_inner_steps"] != defaults["inner_steps"]:
